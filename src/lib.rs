@@ -7,3 +7,6 @@
 pub mod admission;
 pub mod patch;
 pub mod policy;
+pub mod certs;
+pub mod server;
+pub mod telemetry;

@@ -1,1 +1,60 @@
-fn main() {}
+//! The `lb-l7-webhook` command line: a thin edge over the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lb_l7_webhook::telemetry::{self, LogFormat};
+
+/// Turns on Cilium's per-request (L7) load balancing for gRPC Services.
+///
+/// gRPC keeps one long-lived HTTP/2 connection per client, so Kubernetes' per-connection balancing pins every
+/// call of a client to one pod. Cilium balances per request through Envoy for Services annotated
+/// `service.cilium.io/lb-l7: enabled`; this tool adds that annotation to the gRPC Services a policy selects.
+#[derive(Parser, Debug)]
+#[command(name = "lb-l7-webhook", version, about, long_about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "LB_L7_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `lb_l7_webhook=debug`.
+    #[arg(long, global = true, env = "LB_L7_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTPS mutating admission webhook.
+    Serve(lb_l7_webhook::server::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log);
+    // The one crypto provider of the whole process (ring): install it before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => lb_l7_webhook::server::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -720,9 +720,16 @@ impl CompiledPolicy {
                 .filter(|p| is_tcp(p) && !is_tls_port(p))
                 .find_map(|p| compiled.port_reason(p).map(|r| (p, r)));
             if let Some((p, how)) = by_port {
+                let how = match how {
+                    PortMatchedBy::Name => String::new(),
+                    PortMatchedBy::AppProtocol => format!(
+                        " with appProtocol {}",
+                        p.app_protocol.as_deref().unwrap_or_default()
+                    ),
+                };
                 return Some((
                     i,
-                    format!("{how} of port {} matches rule '{}'", describe_port(p), rule.name),
+                    format!("port {}{how} matches rule '{}'", describe_port(p), rule.name),
                 ));
             }
             let sel = rule.selector.as_ref()?;
@@ -745,17 +752,23 @@ impl CompiledPolicy {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum PortMatchedBy {
+    Name,
+    AppProtocol,
+}
+
 impl CompiledRule {
-    fn port_reason(&self, port: &ServicePort) -> Option<&'static str> {
+    fn port_reason(&self, port: &ServicePort) -> Option<PortMatchedBy> {
         if let Some(name) = port.name.as_deref()
             && self.names.iter().any(|g| g.matches(name))
         {
-            return Some("name");
+            return Some(PortMatchedBy::Name);
         }
         if let Some(app) = port.app_protocol.as_deref() {
             let app = app.to_ascii_lowercase();
             if self.app_protocols.iter().any(|g| g.matches(&app)) {
-                return Some("appProtocol");
+                return Some(PortMatchedBy::AppProtocol);
             }
         }
         None

@@ -1,0 +1,340 @@
+//! `lb-l7-webhook serve`: the HTTPS admission webhook, its probe port, and graceful shutdown.
+//!
+//! The TLS port runs its own accept loop over hyper-util's auto (HTTP/1.1 + HTTP/2) connection builder, so every
+//! limit is ours to set: TLS handshake timeout, header-read timeout (slow-loris), body timeout, and a bounded
+//! drain on SIGTERM. Probes and metrics are on a separate plain-HTTP port.
+
+pub mod http;
+pub mod metrics;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::policy::Policy;
+use http::AppState;
+use metrics::Metrics;
+use tls::{CertStore, TlsFiles};
+
+/// `serve`'s flags. Every flag also reads an `LB_L7_*` environment variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the HTTPS webhook listener.
+    #[arg(long, env = "LB_L7_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Address of the plain-HTTP listener for /healthz, /readyz and /metrics.
+    #[arg(long, env = "LB_L7_PROBE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub probe_listen: SocketAddr,
+
+    /// Policy file (YAML). Without it, the built-in default: namespace opt-in, enforce, gRPC ports.
+    #[arg(long, env = "LB_L7_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// PEM certificate chain to serve. With neither --tls-cert nor --tls-key, `certs/tls.crt` is used, and
+    /// generated (with a CA beside it) when it does not exist.
+    #[arg(long, env = "LB_L7_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LB_L7_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Directory for the generated development certificates.
+    #[arg(long, env = "LB_L7_CERTS_DIR", default_value = "certs")]
+    pub certs_dir: PathBuf,
+
+    /// How often the certificate files are re-read (rotation without a restart).
+    #[arg(long, env = "LB_L7_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub cert_reload_interval: Duration,
+
+    /// Longest time a client may take for the TLS handshake, for request headers, and for a request body.
+    #[arg(long, env = "LB_L7_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub client_timeout: Duration,
+
+    /// On SIGTERM, how long requests in flight may take to finish before the process exits anyway.
+    #[arg(long, env = "LB_L7_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Reads and validates a policy file; the error names the file, the field and what is wrong.
+pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
+    match path {
+        None => Ok(Policy::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("policy {}: cannot read", path.display()))?;
+            Policy::from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("policy {}: {e}", path.display()))
+        }
+    }
+}
+
+/// Everything a running server needs, resolved from flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub probe_listen: SocketAddr,
+    pub policy: Policy,
+    pub tls: TlsFiles,
+    pub cert_reload_interval: Duration,
+    pub client_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Resolves flags: reads the policy and, on a first run without certificates, generates them.
+    pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
+        let policy = load_policy(args.policy.as_deref())?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => {
+                let (paths, generated) = crate::certs::ensure_dev_certs(&args.certs_dir)
+                    .context("generating development certificates")?;
+                if generated {
+                    tracing::info!(
+                        ca = %paths.ca_crt.display(),
+                        cert = %paths.tls_crt.display(),
+                        "generated a development CA and a serving certificate for localhost, 127.0.0.1 and ::1; \
+                         trust the CA to call the webhook (curl --cacert {})",
+                        paths.ca_crt.display()
+                    );
+                } else {
+                    tracing::info!(cert = %paths.tls_crt.display(), ca = %paths.ca_crt.display(), "using existing certificates");
+                }
+                TlsFiles {
+                    cert: paths.tls_crt,
+                    key: paths.tls_key,
+                }
+            }
+        };
+        Ok(ServerConfig {
+            listen: args.listen,
+            probe_listen: args.probe_listen,
+            policy,
+            tls,
+            cert_reload_interval: args.cert_reload_interval,
+            client_timeout: args.client_timeout,
+            drain_timeout: args.drain_timeout,
+        })
+    }
+}
+
+/// A bound, not yet serving, webhook: the listeners are open, so the addresses are known (tests bind port 0).
+pub struct Server {
+    config: ServerConfig,
+    listener: TcpListener,
+    probe_listener: TcpListener,
+    state: Arc<AppState>,
+    certs: Arc<CertStore>,
+}
+
+impl Server {
+    /// Loads the certificate and binds both listeners. Errors name what failed.
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let certs = CertStore::load(config.tls.clone(), metrics.clone())
+            .context("loading the serving certificate")?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the webhook listener {}", config.listen))?;
+        let probe_listener = TcpListener::bind(config.probe_listen)
+            .await
+            .with_context(|| format!("binding the probe listener {}", config.probe_listen))?;
+        let state = Arc::new(AppState {
+            policy: config.policy.compile(),
+            metrics,
+            ready: true.into(),
+            body_timeout: config.client_timeout,
+        });
+        Ok(Server {
+            config,
+            listener,
+            probe_listener,
+            state,
+            certs,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn probe_addr(&self) -> std::io::Result<SocketAddr> {
+        self.probe_listener.local_addr()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish (at most the drain
+    /// timeout) and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Server {
+            config,
+            listener,
+            probe_listener,
+            state,
+            certs,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let reloader = tokio::spawn(
+            certs
+                .clone()
+                .watch(config.cert_reload_interval, stop_rx.clone()),
+        );
+        let probe_app = http::probe_router(state.clone());
+        let mut probe_stop = stop_rx.clone();
+        let probe = tokio::spawn(async move {
+            let _ = axum::serve(probe_listener, probe_app)
+                .with_graceful_shutdown(async move {
+                    let _ = probe_stop.changed().await;
+                })
+                .await;
+        });
+
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config()));
+        let app = http::webhook_router(state.clone());
+        let graceful = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.client_timeout)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_concurrent_streams(256);
+        let builder = Arc::new(builder);
+        tracing::info!(
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            probe = %config.probe_listen,
+            scope = ?config.policy.scope,
+            mode = ?config.policy.mode,
+            rules = config.policy.rules.len(),
+            "lb-l7-webhook serving"
+        );
+
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let service = TowerToHyperService::new(app.clone());
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let handshake_timeout = config.client_timeout;
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+
+        // Stop accepting: new connections are refused from here on.
+        drop(listener);
+        state.ready.store(false, Ordering::Relaxed);
+        tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: finishing requests in flight");
+        let drained = tokio::time::timeout(config.drain_timeout, graceful.shutdown()).await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout reached; closing the remaining connections");
+        }
+        let _ = stop_tx.send(true);
+        let _ = reloader.await;
+        let _ = probe.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `lb-l7-webhook serve`.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServerConfig::from_args(&args)?;
+    let server = Server::bind(config).await?;
+    server.serve(shutdown_signal()).await
+}
