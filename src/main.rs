@@ -48,6 +48,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => lb_l7_webhook::server::run(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            // Each further subcommand: `Command::X(args) => lb_l7_webhook::x::run(args).await` returning
+            // anyhow::Result<ExitCode>.
         }
     });
     match result {
