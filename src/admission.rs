@@ -330,3 +330,203 @@ pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadReque
     out.decision = Some(decision);
     Ok(finish(out, outcome, response))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use serde_json::{Value, json};
+
+    fn request(op: &str, object: Value) -> Value {
+        json!({
+            "apiVersion": API_VERSION, "kind": KIND,
+            "request": {
+                "uid": "uid-1",
+                "kind": {"group": "", "version": "v1", "kind": "Service"},
+                "resource": {"group": "", "version": "v1", "resource": "services"},
+                "namespace": "apps", "name": "api", "operation": op,
+                "userInfo": {"username": "u"},
+                "object": object,
+            }
+        })
+    }
+
+    fn grpc_object() -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "api", "namespace": "apps"},
+            "spec": {"ports": [{"name": "grpc", "port": 50051}]}})
+    }
+
+    fn run(policy: &str, body: &Value) -> Reviewed {
+        let p = Policy::from_yaml(policy).expect("policy").compile();
+        review(&p, &serde_json::to_vec(body).unwrap()).expect("a review")
+    }
+
+    const CLUSTER: &str = "scope: cluster\nrules: [{name: grpc-ports, ports: {}}]\n";
+
+    #[test]
+    fn enable_answers_with_a_base64_json_patch_that_applies() {
+        let r = run(CLUSTER, &request("CREATE", grpc_object()));
+        let resp = &r.response.response;
+        assert_eq!(resp.uid, "uid-1");
+        assert!(resp.allowed);
+        assert_eq!(resp.patch_type.as_deref(), Some("JSONPatch"));
+        assert_eq!(r.outcome, Outcome::Patched);
+        // Wire form: a base64 string, as the API server's []byte.
+        let wire = serde_json::to_value(&r.response).unwrap();
+        assert!(wire["response"]["patch"].is_string());
+        assert_eq!(wire["apiVersion"], "admission.k8s.io/v1");
+        let patch = resp.decoded_patch().expect("patch").expect("decodes");
+        let mut obj = grpc_object();
+        json_patch::patch(&mut obj, &patch.0).expect("applies");
+        assert_eq!(
+            obj["metadata"]["annotations"]["service.cilium.io/lb-l7"],
+            "enabled"
+        );
+        assert_eq!(resp.audit_annotations["decision"], "enable");
+    }
+
+    #[test]
+    fn update_of_an_already_enabled_service_is_unchanged() {
+        let mut obj = grpc_object();
+        obj["metadata"]["annotations"] = json!({"service.cilium.io/lb-l7": "enabled"});
+        let r = run(CLUSTER, &request("UPDATE", obj));
+        assert_eq!(r.outcome, Outcome::Unchanged);
+        assert!(r.response.response.patch.is_none());
+        assert_eq!(r.decision.unwrap().kind, DecisionKind::AlreadyEnabled);
+    }
+
+    #[test]
+    fn dry_run_mode_never_patches_and_says_what_it_would_do() {
+        let r = run(
+            "scope: cluster\nmode: dry-run\nrules: [{name: grpc-ports, ports: {}}]\n",
+            &request("CREATE", grpc_object()),
+        );
+        let resp = &r.response.response;
+        assert!(resp.patch.is_none() && resp.patch_type.is_none());
+        assert_eq!(r.outcome, Outcome::DryRun);
+        assert_eq!(
+            resp.warnings,
+            [
+                "lb-l7-webhook: dry-run: would enable L7 load balancing (service.cilium.io/lb-l7=enabled): port grpc (50051/TCP) matches rule 'grpc-ports'"
+            ]
+        );
+    }
+
+    #[test]
+    fn pitfall_warnings_reach_the_user() {
+        let mut obj = grpc_object();
+        obj["spec"]["sessionAffinity"] = json!("ClientIP");
+        let r = run(CLUSTER, &request("CREATE", obj));
+        let w = &r.response.response.warnings;
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("lb-l7-webhook: sessionAffinity ClientIP"),
+            "{w:?}"
+        );
+        assert!(r.response.response.patch.is_some());
+    }
+
+    #[test]
+    fn excluded_namespace_and_opt_out_are_unchanged() {
+        let mut body = request("CREATE", grpc_object());
+        body["request"]["namespace"] = json!("kube-system");
+        let r = run(CLUSTER, &body);
+        assert_eq!(r.decision.unwrap().kind, DecisionKind::ExcludedNamespace);
+        assert!(r.response.response.patch.is_none());
+        let mut obj = grpc_object();
+        obj["metadata"]["labels"] = json!({"lb-l7-webhook/enabled": "false"});
+        let r = run(CLUSTER, &request("CREATE", obj));
+        assert_eq!(r.decision.unwrap().kind, DecisionKind::OptedOut);
+    }
+
+    #[test]
+    fn namespace_comes_from_the_object_when_the_request_has_none() {
+        let mut body = request("CREATE", grpc_object());
+        body["request"]["namespace"] = Value::Null;
+        body["request"]["object"]["metadata"]["namespace"] = json!("kube-system");
+        let r = run(CLUSTER, &body);
+        assert_eq!(r.namespace, "kube-system");
+        assert_eq!(r.decision.unwrap().kind, DecisionKind::ExcludedNamespace);
+    }
+
+    #[test]
+    fn other_kinds_operations_and_subresources_are_allowed_unchanged_with_a_warning() {
+        let mut pod = request("CREATE", json!({"metadata": {"name": "p"}}));
+        pod["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
+        let mut status = request("UPDATE", grpc_object());
+        status["request"]["subResource"] = json!("status");
+        let delete = request("DELETE", Value::Null);
+        for body in [pod, status, delete] {
+            let r = run(CLUSTER, &body);
+            let resp = &r.response.response;
+            assert_eq!(resp.uid, "uid-1");
+            assert!(resp.allowed && resp.patch.is_none());
+            assert_eq!(resp.warnings.len(), 1, "{:?}", resp.warnings);
+            assert_eq!(r.outcome, Outcome::Skipped);
+        }
+    }
+
+    #[test]
+    fn invalid_objects_fail_open_with_the_uid() {
+        let cases = [
+            json!({"metadata": {"name": 42}}),
+            json!({"metadata": {"name": "x"}, "spec": {"ports": "grpc"}}),
+            json!({"kind": "Service"}),
+            json!("a string"),
+            Value::Null,
+        ];
+        for obj in cases {
+            let r = run(CLUSTER, &request("CREATE", obj.clone()));
+            let resp = &r.response.response;
+            assert_eq!(resp.uid, "uid-1", "{obj}");
+            assert!(resp.allowed && resp.patch.is_none(), "{obj}");
+            assert_eq!(r.outcome, Outcome::Undecodable, "{obj}");
+            assert!(
+                resp.warnings[0].contains("allowed unchanged"),
+                "{obj}: {:?}",
+                resp.warnings
+            );
+        }
+        // A request whose fields have the wrong types still echoes its uid.
+        let mut body = request("CREATE", grpc_object());
+        body["request"]["kind"] = json!("Service");
+        let r = run(CLUSTER, &body);
+        assert_eq!(r.response.response.uid, "uid-1");
+        assert_eq!(r.outcome, Outcome::Undecodable);
+    }
+
+    #[test]
+    fn bodies_that_are_not_admission_reviews_are_bad_requests() {
+        let p = Policy::default().compile();
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"not json".to_vec(),
+            b"[]".to_vec(),
+            br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":{"uid":"x"}}"#.to_vec(),
+            br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
+            br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":7}}"#.to_vec(),
+            br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":""}}"#.to_vec(),
+            br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":"a","uid":"b"}}"#.to_vec(),
+            vec![0xff, 0xfe, b'{'],
+        ];
+        for body in cases {
+            assert!(
+                review(&p, &body).is_err(),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+
+    #[test]
+    fn fixture_in_tests_data_is_patched() {
+        let body = include_bytes!("../tests/data/reviews/create-grpc-service.json");
+        let r = review(&Policy::default().compile(), body).expect("review");
+        assert_eq!(r.outcome, Outcome::Patched);
+        assert_eq!(
+            r.response.response.uid,
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+    }
+}

@@ -97,7 +97,8 @@ pub fn issue_serving(ca: &PemPair, sans: &[String], days: u32) -> Result<PemPair
     let issuer =
         Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(gen_err("reading the CA"))?;
     let key = KeyPair::generate().map_err(gen_err("the serving key"))?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err("the serving certificate"))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(gen_err("the serving certificate"))?;
     params.subject_alt_names = sans
         .iter()
         .map(|s| match s.parse::<std::net::IpAddr>() {
@@ -151,7 +152,8 @@ pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Cert
         }
         let mut f = options.open(path).map_err(io)?;
         if private {
-            f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io)?;
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
         }
         f.write_all(contents.as_bytes()).map_err(io)?;
     }

@@ -36,7 +36,10 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format, &cli.log);
     // The one crypto provider of the whole process (ring): install it before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

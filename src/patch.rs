@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use json_patch::{AddOperation, Patch, PatchOperation, TestOperation};
 use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, TestOperation};
 use k8s_openapi::api::core::v1::Service;
 use serde_json::Value;
 
@@ -108,4 +108,168 @@ pub fn annotations_after(
     let mut all = svc.metadata.annotations.clone().unwrap_or_default();
     all.extend(annotations_to_add(svc, decision, policy));
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{NamespaceInfo, Policy};
+    use serde_json::json;
+
+    fn policy(extra: &str) -> Policy {
+        Policy::from_yaml(&format!("scope: cluster\n{extra}rules: [{{name: grpc-ports, ports: {{}}, algorithm: least_request}}]\n"))
+            .expect("policy")
+    }
+
+    /// Applies the patch as the API server does, to the JSON form of the Service.
+    fn apply(svc: &Service, p: &Policy) -> (Option<Patch>, Value) {
+        let d = p.compile().evaluate(svc, NamespaceInfo::new("apps", None));
+        let patch = build_patch(svc, &d, p);
+        let mut doc = serde_json::to_value(svc).expect("json");
+        if let Some(patch) = &patch {
+            json_patch::patch(&mut doc, &patch.0).expect("patch applies");
+        }
+        (patch, doc)
+    }
+
+    fn grpc(annotations: Option<Value>) -> Service {
+        let mut v = json!({"metadata": {"name": "api", "namespace": "apps"},
+            "spec": {"ports": [{"name": "grpc", "port": 50051}]}});
+        if let Some(a) = annotations {
+            v["metadata"]["annotations"] = a;
+        }
+        serde_json::from_value(v).expect("svc")
+    }
+
+    #[test]
+    fn creates_annotations_when_absent() {
+        let (patch, doc) = apply(&grpc(None), &policy(""));
+        let patch = patch.expect("a patch");
+        assert_eq!(patch.0.len(), 1, "one op creates the whole map");
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap()[0]["path"],
+            "/metadata/annotations"
+        );
+        let a = &doc["metadata"]["annotations"];
+        assert_eq!(a["service.cilium.io/lb-l7"], "enabled");
+        assert_eq!(a["service.cilium.io/lb-l7-algorithm"], "least_request");
+        assert_eq!(
+            a["lb-l7-webhook/matched-by"],
+            "port grpc (50051/TCP) matches rule 'grpc-ports'"
+        );
+    }
+
+    #[test]
+    fn adds_members_with_escaped_keys_when_annotations_exist() {
+        let (patch, doc) = apply(
+            &grpc(Some(json!({"team": "x", "a~b/c": "keep"}))),
+            &policy(""),
+        );
+        let ops = serde_json::to_value(patch.expect("patch")).unwrap();
+        let paths: Vec<&str> = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/metadata/annotations/service.cilium.io~1lb-l7",
+                "/metadata/annotations/service.cilium.io~1lb-l7-algorithm",
+                "/metadata/annotations/lb-l7-webhook~1matched-by",
+            ]
+        );
+        let a = &doc["metadata"]["annotations"];
+        assert_eq!(a["team"], "x");
+        assert_eq!(a["a~b/c"], "keep");
+        assert_eq!(a["service.cilium.io/lb-l7"], "enabled");
+    }
+
+    #[test]
+    fn empty_annotation_map_gets_members() {
+        let (patch, doc) = apply(&grpc(Some(json!({}))), &policy(""));
+        assert_eq!(patch.expect("patch").0.len(), 3);
+        assert_eq!(
+            doc["metadata"]["annotations"]["service.cilium.io/lb-l7"],
+            "enabled"
+        );
+    }
+
+    #[test]
+    fn existing_algorithm_is_never_overwritten() {
+        let (patch, doc) = apply(
+            &grpc(Some(json!({"service.cilium.io/lb-l7-algorithm": "random"}))),
+            &policy(""),
+        );
+        assert_eq!(patch.expect("patch").0.len(), 2);
+        assert_eq!(
+            doc["metadata"]["annotations"]["service.cilium.io/lb-l7-algorithm"],
+            "random"
+        );
+    }
+
+    #[test]
+    fn key_with_tilde_and_slash_is_escaped() {
+        let p = policy("annotationKey: example.com/lb-l7\n");
+        let (patch, doc) = apply(&grpc(Some(json!({}))), &p);
+        let ops = serde_json::to_value(patch.expect("patch")).unwrap();
+        assert_eq!(ops[0]["path"], "/metadata/annotations/example.com~1lb-l7");
+        assert_eq!(
+            doc["metadata"]["annotations"]["example.com/lb-l7"],
+            "enabled"
+        );
+        // RFC 6901: '~' is written '~0' and '/' '~1'.
+        let mut ptr = annotations_pointer();
+        ptr.push_back("a~b/c");
+        assert_eq!(ptr.as_str(), "/metadata/annotations/a~0b~1c");
+    }
+
+    #[test]
+    fn no_patch_for_other_decisions() {
+        for a in [
+            json!({"service.cilium.io/lb-l7": "enabled"}),
+            json!({"service.cilium.io/lb-l7": "disabled"}),
+        ] {
+            let (patch, _) = apply(&grpc(Some(a)), &policy(""));
+            assert!(patch.is_none());
+        }
+        let web: Service = serde_json::from_value(
+            json!({"metadata": {"name": "w"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
+        )
+        .unwrap();
+        assert!(apply(&web, &policy("")).0.is_none());
+    }
+
+    #[test]
+    fn guarded_patch_tests_the_annotations_it_read() {
+        let p = policy("");
+        let svc = grpc(Some(json!({"team": "x"})));
+        let d = p.compile().evaluate(&svc, NamespaceInfo::new("apps", None));
+        let patch = build_guarded_patch(&svc, &d, &p).expect("patch");
+        let ops = serde_json::to_value(&patch).unwrap();
+        assert_eq!(
+            ops[0],
+            json!({"op": "test", "path": "/metadata/annotations", "value": {"team": "x"}})
+        );
+        // Unchanged object: applies. Changed concurrently: the test op fails, nothing is written.
+        let mut doc = serde_json::to_value(&svc).unwrap();
+        json_patch::patch(&mut doc, &patch.0).expect("applies to what was read");
+        let mut changed = serde_json::to_value(&svc).unwrap();
+        changed["metadata"]["annotations"]["service.cilium.io/lb-l7"] = json!("disabled");
+        let before = changed.clone();
+        assert!(json_patch::patch(&mut changed, &patch.0).is_err());
+        assert_eq!(changed, before);
+
+        let mut bare = grpc(None);
+        bare.metadata.resource_version = Some("42".into());
+        let d = p
+            .compile()
+            .evaluate(&bare, NamespaceInfo::new("apps", None));
+        let ops = serde_json::to_value(build_guarded_patch(&bare, &d, &p).unwrap()).unwrap();
+        assert_eq!(
+            ops[0],
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": "42"})
+        );
+    }
 }

@@ -80,11 +80,17 @@ pub fn probe_router(state: Arc<AppState>) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not found: the webhook answers POST /mutate")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not found: the webhook answers POST /mutate",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use POST")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: use POST",
+    )
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -158,25 +164,47 @@ async fn mutate(State(state): State<Arc<AppState>>, body: Body) -> Result<Respon
         };
         let body = serde_json::to_vec(&reviewed.response).map_err(|e| {
             state.metrics.error("encode");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("response could not be encoded: {e}"))
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("response could not be encoded: {e}"),
+            )
         })?;
         let span = tracing::Span::current();
-        let decision = reviewed.decision.as_ref().map(|d| d.kind.as_str()).unwrap_or("none");
+        let decision = reviewed
+            .decision
+            .as_ref()
+            .map(|d| d.kind.as_str())
+            .unwrap_or("none");
         span.record("uid", reviewed.uid.as_str());
         span.record("namespace", reviewed.namespace.as_str());
         span.record("name", reviewed.name.as_str());
         span.record("operation", reviewed.operation.as_str());
         span.record("decision", decision);
         span.record("patched", reviewed.patched());
-        state.metrics.reviews.get_or_create(&ReviewLabels {
-            decision,
-            outcome: reviewed.outcome.as_str(),
-        }).inc();
-        state.metrics.review_duration.observe(started.elapsed().as_secs_f64());
-        let reason = reviewed.decision.as_ref().map(|d| d.reason.as_str()).unwrap_or("");
+        state
+            .metrics
+            .reviews
+            .get_or_create(&ReviewLabels {
+                decision,
+                outcome: reviewed.outcome.as_str(),
+            })
+            .inc();
+        state
+            .metrics
+            .review_duration
+            .observe(started.elapsed().as_secs_f64());
+        let reason = reviewed
+            .decision
+            .as_ref()
+            .map(|d| d.reason.as_str())
+            .unwrap_or("");
         match reviewed.outcome {
             Outcome::Patched | Outcome::DryRun => {
-                tracing::info!(outcome = reviewed.outcome.as_str(), reason, "review answered")
+                tracing::info!(
+                    outcome = reviewed.outcome.as_str(),
+                    reason,
+                    "review answered"
+                )
             }
             Outcome::Skipped | Outcome::Undecodable => tracing::warn!(
                 outcome = reviewed.outcome.as_str(),
@@ -184,7 +212,11 @@ async fn mutate(State(state): State<Arc<AppState>>, body: Body) -> Result<Respon
                 "allowed unchanged (fail open)"
             ),
             Outcome::Unchanged => {
-                tracing::debug!(outcome = reviewed.outcome.as_str(), reason, "review answered")
+                tracing::debug!(
+                    outcome = reviewed.outcome.as_str(),
+                    reason,
+                    "review answered"
+                )
             }
         }
         Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

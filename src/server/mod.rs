@@ -95,8 +95,7 @@ pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("policy {}: cannot read", path.display()))?;
-            Policy::from_yaml(&text)
-                .map_err(|e| anyhow::anyhow!("policy {}: {e}", path.display()))
+            Policy::from_yaml(&text).map_err(|e| anyhow::anyhow!("policy {}: {e}", path.display()))
         }
     }
 }
@@ -275,7 +274,8 @@ impl Server {
             let watcher = graceful.watcher();
             let handshake_timeout = config.client_timeout;
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");

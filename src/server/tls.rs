@@ -61,7 +61,11 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Parses and checks a pair: the key must be the certificate's.
-fn parse_pair(files: &TlsFiles, cert_bytes: &[u8], key_bytes: &[u8]) -> Result<(Arc<CertifiedKey>, i64), TlsError> {
+fn parse_pair(
+    files: &TlsFiles,
+    cert_bytes: &[u8],
+    key_bytes: &[u8],
+) -> Result<(Arc<CertifiedKey>, i64), TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Parse {
@@ -83,11 +87,12 @@ fn parse_pair(files: &TlsFiles, cert_bytes: &[u8], key_bytes: &[u8]) -> Result<(
         message: format!("not a PEM private key: {e}"),
     })?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Mismatch {
-        cert: files.cert.clone(),
-        key: files.key.clone(),
-        message: e.to_string(),
-    })?;
+    let certified =
+        CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Mismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            message: e.to_string(),
+        })?;
     Ok((Arc::new(certified), not_after))
 }
 
@@ -100,7 +105,9 @@ pub struct CertStore {
 
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertStore").field("files", &self.files).finish()
+        f.debug_struct("CertStore")
+            .field("files", &self.files)
+            .finish()
     }
 }
 
@@ -176,7 +183,11 @@ impl CertStore {
 
     /// Re-reads the files every `interval` until `stop` fires. Failures are logged and counted once per new
     /// content, and the old certificate stays.
-    pub async fn watch(self: Arc<Self>, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_failure: Option<(Vec<u8>, Vec<u8>)> = None;
