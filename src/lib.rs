@@ -8,5 +8,6 @@ pub mod admission;
 pub mod patch;
 pub mod policy;
 pub mod certs;
+pub mod manifests;
 pub mod server;
 pub mod telemetry;

@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the HTTPS mutating admission webhook.
     Serve(lb_l7_webhook::server::ServeArgs),
+    /// Print the MutatingWebhookConfiguration for a policy (the same file `serve --policy` reads).
+    Manifests(lb_l7_webhook::manifests::ManifestsArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => lb_l7_webhook::server::run(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Manifests(args) => lb_l7_webhook::manifests::run(args).await,
             // Each further subcommand: `Command::X(args) => lb_l7_webhook::x::run(args).await` returning
             // anyhow::Result<ExitCode>.
         }
