@@ -5,9 +5,10 @@
 //! backfill) calls the same core, so they never disagree about a Service.
 
 pub mod admission;
+pub mod certs;
+pub mod demo;
+pub mod manifests;
 pub mod patch;
 pub mod policy;
-pub mod certs;
-pub mod manifests;
 pub mod server;
 pub mod telemetry;

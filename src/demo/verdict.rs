@@ -16,9 +16,10 @@ use std::fmt;
 pub const DEFAULT_TOLERANCE: f64 = 0.5;
 
 /// What the spread of calls over backends looks like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
-#[clap(rename_all = "kebab-case")]
 pub enum Verdict {
     /// At least two backends, each within the tolerance of its fair share.
     Balanced,
@@ -27,6 +28,7 @@ pub enum Verdict {
     /// At least two backends, but one or more off its fair share by more than the tolerance.
     Skewed,
     /// No call succeeded.
+    #[value(skip)]
     NoCalls,
 }
 
@@ -73,7 +75,11 @@ pub fn judge(calls_per_backend: &[u64], tolerance: f64) -> Judgement {
     } else {
         0.0
     };
-    let seen: Vec<u64> = calls_per_backend.iter().copied().filter(|&c| c > 0).collect();
+    let seen: Vec<u64> = calls_per_backend
+        .iter()
+        .copied()
+        .filter(|&c| c > 0)
+        .collect();
     let calls: u64 = seen.iter().sum();
     let backends = seen.len();
     if backends == 0 {
