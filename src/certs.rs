@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -205,4 +205,233 @@ pub fn ensure_dev_certs(dir: &Path) -> Result<(CertPaths, bool), CertError> {
     write_file(&paths.tls_key, &serving.key_pem, true)?;
     write_file(&paths.tls_crt, &serving.cert_pem, false)?;
     Ok((paths, true))
+}
+
+/// The DNS names the API server uses for a webhook Service `name` in `namespace`.
+pub fn service_dns_names(name: &str, namespace: &str) -> Vec<String> {
+    vec![
+        format!("{name}.{namespace}.svc"),
+        format!("{name}.{namespace}.svc.cluster.local"),
+        format!("{name}.{namespace}"),
+        name.to_string(),
+    ]
+}
+
+/// `certs`' flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CertsArgs {
+    /// Name of the webhook's Service (the certificate is for NAME.NAMESPACE.svc and friends).
+    #[arg(long, env = "LB_L7_CERTS_SERVICE", default_value = "lb-l7-webhook")]
+    pub service: String,
+
+    /// Namespace of the webhook's Service.
+    #[arg(long, env = "LB_L7_CERTS_NAMESPACE", default_value = crate::policy::WEBHOOK_NAMESPACE)]
+    pub namespace: String,
+
+    /// Directory for ca.crt, ca.key, tls.crt and tls.key.
+    #[arg(long, env = "LB_L7_CERTS_OUT_DIR", default_value = "certs")]
+    pub out_dir: PathBuf,
+
+    /// Validity of the serving certificate, in days.
+    #[arg(long, env = "LB_L7_CERTS_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+
+    /// Validity of a new CA, in days.
+    #[arg(long, env = "LB_L7_CERTS_CA_DAYS", default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub ca_days: u32,
+
+    /// An extra DNS name or IP address for the serving certificate (repeat it for more).
+    #[arg(long = "san", env = "LB_L7_CERTS_SAN", value_delimiter = ',')]
+    pub sans: Vec<String>,
+
+    /// Make a new CA even when out-dir already has one (every caBundle must then be updated).
+    #[arg(long, env = "LB_L7_CERTS_NEW_CA")]
+    pub new_ca: bool,
+
+    /// Also write a Secret manifest (type kubernetes.io/tls, with ca.crt) to this file; mode 0600.
+    #[arg(long, env = "LB_L7_CERTS_SECRET_MANIFEST")]
+    pub secret_manifest: Option<PathBuf>,
+
+    /// metadata.name of the Secret manifest (the deploy/ manifests mount `lb-l7-webhook-tls`).
+    #[arg(
+        long,
+        env = "LB_L7_CERTS_SECRET_NAME",
+        default_value = "lb-l7-webhook-tls"
+    )]
+    pub secret_name: String,
+}
+
+/// What [`generate`] did.
+#[derive(Debug, Clone)]
+pub struct CertsOutcome {
+    pub paths: CertPaths,
+    /// Whether a new CA was made (otherwise the existing one signed the serving certificate).
+    pub new_ca: bool,
+    /// The SANs of the serving certificate.
+    pub sans: Vec<String>,
+    /// The caBundle value: base64 of ca.crt.
+    pub ca_bundle_base64: String,
+    pub ca: PemPair,
+    pub serving: PemPair,
+}
+
+/// Writes a file atomically: a temporary file beside it, then a rename, so a `serve` watching the directory
+/// never reads half a file.
+fn write_atomic(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    write_file(&tmp, contents, private)?;
+    fs::rename(&tmp, path).map_err(|source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Checks that `key_pem` is the private key of `cert_pem` (their public keys are the same).
+pub fn check_pair(cert_pem: &str, key_pem: &str, cert_path: &Path) -> Result<(), CertError> {
+    let invalid = |message: String| CertError::Invalid {
+        path: cert_path.to_path_buf(),
+        message,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| invalid(format!("not a PEM certificate: {e}")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| invalid(format!("not an X.509 certificate: {e}")))?;
+    let key = KeyPair::from_pem(key_pem)
+        .map_err(|e| invalid(format!("its private key does not parse: {e}")))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        return Err(invalid(
+            "the certificate and its .key file do not belong together".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The certificate files for a webhook Service: reuses the CA in `args.out_dir` unless `args.new_ca` (or there is
+/// none), and always issues a new serving certificate.
+pub fn generate(args: &CertsArgs) -> Result<CertsOutcome, CertError> {
+    let paths = CertPaths::in_dir(&args.out_dir);
+    let existing = if args.new_ca { None } else { read_ca(&paths)? };
+    let (ca, new_ca) = match existing {
+        Some(ca) => {
+            check_pair(&ca.cert_pem, &ca.key_pem, &paths.ca_crt)?;
+            (ca, false)
+        }
+        None => {
+            let ca = generate_ca(
+                &format!("lb-l7-webhook CA ({}.{})", args.service, args.namespace),
+                args.ca_days,
+            )?;
+            write_atomic(&paths.ca_key, &ca.key_pem, true)?;
+            write_atomic(&paths.ca_crt, &ca.cert_pem, false)?;
+            (ca, true)
+        }
+    };
+    let mut sans = service_dns_names(&args.service, &args.namespace);
+    for san in &args.sans {
+        let san = san.trim();
+        if !san.is_empty() && !sans.iter().any(|s| s == san) {
+            sans.push(san.to_string());
+        }
+    }
+    let serving = issue_serving(&ca, &sans, args.days)?;
+    // Key first, then certificate: a reader that sees the new certificate also finds its key.
+    write_atomic(&paths.tls_key, &serving.key_pem, true)?;
+    write_atomic(&paths.tls_crt, &serving.cert_pem, false)?;
+    use base64::Engine as _;
+    let ca_bundle_base64 = base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem);
+    Ok(CertsOutcome {
+        paths,
+        new_ca,
+        sans,
+        ca_bundle_base64,
+        ca,
+        serving,
+    })
+}
+
+/// A Secret of type kubernetes.io/tls with `tls.crt`, `tls.key` and `ca.crt`.
+pub fn tls_secret(
+    name: &str,
+    namespace: &str,
+    serving: &PemPair,
+    ca: &PemPair,
+) -> k8s_openapi::api::core::v1::Secret {
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+    k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".to_string(),
+                "lb-l7-webhook".to_string(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_string(),
+                ByteString(serving.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(serving.key_pem.clone().into_bytes()),
+            ),
+            (
+                "ca.crt".to_string(),
+                ByteString(ca.cert_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// `lb-l7-webhook certs`: writes the files, prints the base64 caBundle on stdout and what to do next on stderr.
+pub async fn run(args: CertsArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context as _;
+    let outcome = generate(&args)?;
+    if let Some(path) = &args.secret_manifest {
+        let secret = tls_secret(
+            &args.secret_name,
+            &args.namespace,
+            &outcome.serving,
+            &outcome.ca,
+        );
+        let yaml = serde_saphyr::to_string(&secret).context("serializing the Secret manifest")?;
+        write_file(path, &yaml, true)?;
+        eprintln!(
+            "wrote {} (Secret {}/{}, type kubernetes.io/tls; it holds the private key)",
+            path.display(),
+            args.namespace,
+            args.secret_name
+        );
+    }
+    eprintln!(
+        "{} {} and wrote {} + {} for {}",
+        if outcome.new_ca {
+            "made a new CA"
+        } else {
+            "kept the CA"
+        },
+        outcome.paths.ca_crt.display(),
+        outcome.paths.tls_crt.display(),
+        outcome.paths.tls_key.display(),
+        outcome.sans.join(", ")
+    );
+    if outcome.new_ca {
+        eprintln!(
+            "a new CA: the webhook configuration needs its caBundle (printed on stdout), e.g. after applying deploy/:\n  \
+             kubectl patch mutatingwebhookconfiguration lb-l7-webhook --type=json \
+             -p '[{{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"'\"$(base64 -w0 {})\"'\"}}]'",
+            outcome.paths.ca_crt.display()
+        );
+    }
+    println!("{}", outcome.ca_bundle_base64);
+    Ok(std::process::ExitCode::SUCCESS)
 }

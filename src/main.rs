@@ -31,6 +31,8 @@ enum Command {
     Serve(lb_l7_webhook::server::ServeArgs),
     /// Print the MutatingWebhookConfiguration for a policy (the same file `serve --policy` reads).
     Manifests(lb_l7_webhook::manifests::ManifestsArgs),
+    /// Write a CA and a serving certificate for the webhook's Service; print the base64 caBundle.
+    Certs(lb_l7_webhook::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Manifests(args) => lb_l7_webhook::manifests::run(args).await,
+            Command::Certs(args) => lb_l7_webhook::certs::run(args).await,
             // Each further subcommand: `Command::X(args) => lb_l7_webhook::x::run(args).await` returning
             // anyhow::Result<ExitCode>.
         }
