@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod certs;
 pub mod demo;
+pub mod doctor;
 pub mod manifests;
 pub mod patch;
 pub mod policy;

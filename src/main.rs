@@ -33,6 +33,8 @@ enum Command {
     Manifests(lb_l7_webhook::manifests::ManifestsArgs),
     /// Write a CA and a serving certificate for the webhook's Service; print the base64 caBundle.
     Certs(lb_l7_webhook::certs::CertsArgs),
+    /// Check Cilium, the webhook and their effect in a cluster; exit 0 (ok), 1 (a check failed), 2 (cannot run).
+    Doctor(lb_l7_webhook::doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Manifests(args) => lb_l7_webhook::manifests::run(args).await,
             Command::Certs(args) => lb_l7_webhook::certs::run(args).await,
+            Command::Doctor(args) => lb_l7_webhook::doctor::run(args).await,
             // Each further subcommand: `Command::X(args) => lb_l7_webhook::x::run(args).await` returning
             // anyhow::Result<ExitCode>.
         }

@@ -1,0 +1,249 @@
+//! The doctor's thin fetch layer: read-only calls through a `kube::Client`, turned into a [`ClusterState`].
+//!
+//! Every read is a get or a (paged) list. What the API server answers is data for the checks: 404 becomes
+//! [`Lookup::Missing`] (a missing CRD included), any other API error (403 from RBAC, 500, ...) becomes
+//! [`Lookup::Unreadable`] with the server's message, so the report can say what is wrong and how to fix it.
+//! Only errors that mean "no usable API server" (transport errors, 401) end the run: [`FetchError`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectList};
+
+use super::checks::{
+    CILIUM_CONFIG_NAME, CILIUM_CONFIG_NAMESPACE, ClusterState, DiagnoseOptions, ENVOY_CONFIG_CRD,
+    Lookup, webhook_services,
+};
+
+/// Items per list call; large clusters are read page by page (limit/continue).
+pub const PAGE_SIZE: u32 = 500;
+
+/// The API server could not be used at all: the run ends with exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot reach the Kubernetes API server while reading {what}: {source}")]
+    Connection {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the Kubernetes API server rejected the credentials (401) while reading {what}: {message}"
+    )]
+    Unauthorized { what: String, message: String },
+}
+
+/// CiliumEnvoyConfig: a CRD (cilium.io/v2), read as a dynamic object so no Cilium types are needed.
+pub fn cilium_envoy_config_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cilium.io", "v2", "CiliumEnvoyConfig"),
+        "ciliumenvoyconfigs",
+    )
+}
+
+fn classify<T>(what: &str, result: Result<T, kube::Error>) -> Result<Lookup<T>, FetchError> {
+    match result {
+        Ok(v) => Ok(Lookup::Found(v)),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(Lookup::Missing),
+        Err(kube::Error::Api(status)) if status.code == 401 => Err(FetchError::Unauthorized {
+            what: what.to_string(),
+            message: status.message.clone(),
+        }),
+        Err(kube::Error::Api(status)) => {
+            let reason = if status.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", status.reason)
+            };
+            let message = if status.message.is_empty() {
+                "no message".to_string()
+            } else {
+                status.message.clone()
+            };
+            Ok(Lookup::Unreadable(format!(
+                "{message} (HTTP {}{reason})",
+                status.code
+            )))
+        }
+        Err(source) => Err(FetchError::Connection {
+            what: what.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Calls `list` page by page until the server gives no continue token.
+async fn paged<T, F, Fut>(base: ListParams, mut list: F) -> Result<Vec<T>, kube::Error>
+where
+    T: Clone,
+    F: FnMut(ListParams) -> Fut,
+    Fut: Future<Output = Result<ObjectList<T>, kube::Error>>,
+{
+    let mut out = Vec::new();
+    let mut params = base.limit(PAGE_SIZE);
+    loop {
+        let page = list(params.clone()).await?;
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(out),
+        }
+    }
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Reads everything the checks need. Independent reads run concurrently.
+pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterState, FetchError> {
+    let ns = opts.namespace.as_deref();
+
+    let cilium_config = async {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), CILIUM_CONFIG_NAMESPACE);
+        classify(
+            &format!("ConfigMap {CILIUM_CONFIG_NAMESPACE}/{CILIUM_CONFIG_NAME}"),
+            api.get(CILIUM_CONFIG_NAME).await,
+        )
+    };
+    let crd = async {
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        classify(
+            &format!("CustomResourceDefinition {ENVOY_CONFIG_CRD}"),
+            api.get_metadata(ENVOY_CONFIG_CRD).await.map(|_| ()),
+        )
+    };
+    let webhook = async {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        classify(
+            &format!("MutatingWebhookConfiguration {}", opts.webhook_name),
+            api.get(&opts.webhook_name).await,
+        )
+    };
+    let policy_config = async {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &opts.webhook_namespace);
+        classify(
+            &format!(
+                "ConfigMap {}/{}",
+                opts.webhook_namespace, opts.policy_configmap
+            ),
+            api.get(&opts.policy_configmap).await,
+        )
+    };
+    let services = async {
+        let api: Api<Service> = api_for(client, ns);
+        classify(
+            "Services",
+            paged(ListParams::default(), |lp| {
+                let api = api.clone();
+                async move { api.list(&lp).await }
+            })
+            .await,
+        )
+    };
+    let namespaces = async {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let result = match ns {
+            Some(name) => api.get(name).await.map(|n| vec![n]),
+            None => {
+                paged(ListParams::default(), |lp| {
+                    let api = api.clone();
+                    async move { api.list(&lp).await }
+                })
+                .await
+            }
+        };
+        classify(
+            "Namespaces",
+            result.map(|list| {
+                list.into_iter()
+                    .filter_map(|n| {
+                        let name = n.metadata.name?;
+                        Some((name, n.metadata.labels.unwrap_or_default()))
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            }),
+        )
+    };
+    let envoy_configs = async {
+        let ar = cilium_envoy_config_resource();
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let result = paged(ListParams::default(), |lp| {
+            let api = api.clone();
+            async move { api.list_metadata(&lp).await }
+        })
+        .await;
+        classify(
+            "CiliumEnvoyConfigs",
+            result.map(|items| {
+                items
+                    .into_iter()
+                    .filter_map(|m| Some((m.metadata.namespace?, m.metadata.name?)))
+                    .collect::<BTreeSet<_>>()
+            }),
+        )
+    };
+
+    let (
+        cilium_config,
+        envoy_config_crd,
+        webhook,
+        policy_config,
+        services,
+        namespaces,
+        envoy_configs,
+    ) = futures::join!(
+        cilium_config,
+        crd,
+        webhook,
+        policy_config,
+        services,
+        namespaces,
+        envoy_configs
+    );
+    let webhook = webhook?;
+
+    let mut webhook_endpoints = BTreeMap::new();
+    if let Lookup::Found(mwc) = &webhook {
+        for (svc_ns, svc_name) in webhook_services(mwc) {
+            let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &svc_ns);
+            let lp =
+                ListParams::default().labels(&format!("kubernetes.io/service-name={svc_name}"));
+            let result = paged(lp, |lp| {
+                let api = api.clone();
+                async move { api.list(&lp).await }
+            })
+            .await;
+            let lookup = classify(
+                &format!("EndpointSlices of Service {svc_ns}/{svc_name}"),
+                result,
+            )?;
+            webhook_endpoints.insert((svc_ns, svc_name), lookup);
+        }
+    }
+
+    Ok(ClusterState {
+        cilium_config: cilium_config?,
+        envoy_config_crd: envoy_config_crd?,
+        webhook,
+        webhook_endpoints,
+        policy_config: policy_config?,
+        services: services?,
+        namespaces: namespaces?,
+        envoy_configs: envoy_configs?,
+    })
+}

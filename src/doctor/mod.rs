@@ -1,0 +1,140 @@
+//! `lb-l7-webhook doctor`: is Cilium ready, is the webhook wired, and did Envoy configs really appear?
+//!
+//! Three layers: [`fetch`] reads the cluster (read-only: get and list), [`checks`] turns what was read into
+//! ok / warn / fail results with a one-line fix each (pure, no IO), and [`render`] prints them.
+//!
+//! Exit status: 0 when no check fails (warnings allowed), 1 when at least one check fails, 2 when the doctor could
+//! not run at all (bad flags, no kubeconfig or in-cluster config, API server unreachable, credentials rejected).
+//! A 403 or 404 from the API server is not an error exit: it is a failed check that says which permission or
+//! object is missing.
+
+pub mod checks;
+pub mod fetch;
+pub mod render;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+
+use crate::manifests::{RenderOptions, render_webhook_configuration};
+use crate::policy::{Policy, WEBHOOK_NAMESPACE};
+pub use checks::{Check, ClusterState, DiagnoseOptions, Group, Lookup, Report, Status, diagnose};
+pub use fetch::{FetchError, fetch};
+
+/// The MutatingWebhookConfiguration's name in the shipped manifests.
+pub const DEFAULT_WEBHOOK_NAME: &str = "lb-l7-webhook";
+/// The policy ConfigMap's name in the shipped manifests (its key is `policy.yaml`).
+pub const DEFAULT_POLICY_CONFIGMAP: &str = "lb-l7-webhook-policy";
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Sections of checks with a fix under each problem (colour only on a terminal; NO_COLOR turns it off).
+    Table,
+    /// `{"checks": [{"id", "group", "status", "title", "message", "fix", "objects"}], "summary": {...}}`.
+    Json,
+}
+
+/// `doctor`'s flags. Every flag also reads an `LB_L7_*` environment variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// Look only at Services (and their CiliumEnvoyConfigs) in this namespace. The Cilium and webhook checks are
+    /// cluster-wide either way.
+    #[arg(long, short = 'n', env = "LB_L7_DOCTOR_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Output format.
+    #[arg(long, short = 'o', env = "LB_L7_DOCTOR_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+
+    /// Name of the MutatingWebhookConfiguration.
+    #[arg(long, env = "LB_L7_WEBHOOK_NAME", default_value = DEFAULT_WEBHOOK_NAME)]
+    pub webhook_name: String,
+
+    /// Namespace the webhook runs in (where its policy ConfigMap is).
+    #[arg(long, env = "LB_L7_WEBHOOK_NAMESPACE", default_value = WEBHOOK_NAMESPACE)]
+    pub webhook_namespace: String,
+
+    /// Name of the ConfigMap that holds the webhook's policy (key `policy.yaml`, or its only key).
+    #[arg(long, env = "LB_L7_POLICY_CONFIGMAP", default_value = DEFAULT_POLICY_CONFIGMAP)]
+    pub policy_configmap: String,
+}
+
+impl DoctorArgs {
+    pub fn options(&self, now: i64) -> DiagnoseOptions {
+        DiagnoseOptions {
+            webhook_name: self.webhook_name.clone(),
+            webhook_namespace: self.webhook_namespace.clone(),
+            policy_configmap: self.policy_configmap.clone(),
+            namespace: self.namespace.clone(),
+            now,
+        }
+    }
+}
+
+/// The webhook configuration the policy renders (`lb-l7-webhook manifests`), for the drift check. Only the parts
+/// the policy decides are compared, so the client config and caBundle given here do not matter.
+pub fn render_for_drift(policy: &Policy, webhook_name: &str) -> MutatingWebhookConfiguration {
+    let opts = RenderOptions {
+        name: webhook_name.to_string(),
+        ..RenderOptions::default()
+    };
+    render_webhook_configuration(policy, &opts)
+}
+
+/// Fetches and diagnoses: the whole doctor without the printing. Tests call this with a mocked client.
+pub async fn examine(client: &kube::Client, opts: &DiagnoseOptions) -> Result<Report, FetchError> {
+    let state = fetch(client, opts).await?;
+    let render = |policy: &Policy| Some(render_for_drift(policy, &opts.webhook_name));
+    Ok(diagnose(&state, opts, Some(&render)))
+}
+
+/// Renders the report and returns the exit status it calls for.
+pub fn print(
+    report: &Report,
+    output: Output,
+    colour: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let text = match output {
+        Output::Table => render::table(report, colour),
+        Output::Json => render::json(report).context("cannot serialize the report")?,
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write the report to stdout")?;
+    Ok(exit_code(report))
+}
+
+/// 0 when nothing fails, 1 when something fails.
+pub fn exit_code(report: &Report) -> ExitCode {
+    if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `lb-l7-webhook doctor`. Errors (exit status 2 in `main`) mean the doctor could not look at the cluster.
+pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let client = kube::Client::try_default().await.context(
+        "cannot configure a Kubernetes client (no usable kubeconfig or in-cluster service account)",
+    )?;
+    let opts = args.options(unix_now());
+    let report = examine(&client, &opts).await?;
+    let stdout = std::io::stdout();
+    let colour = args.output == Output::Table
+        && stdout.is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    print(&report, args.output, colour, &mut stdout.lock())
+}
