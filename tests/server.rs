@@ -187,6 +187,18 @@ async fn a_client_that_stalls_in_the_headers_or_the_body_is_cut_off() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 
+    // A client that completes TLS (for either protocol) and then sends nothing is dropped as well.
+    for proto in [Proto::H1, Proto::H2] {
+        let mut silent = tls_connect(server.addr, &server.ca.cert_pem, proto).await;
+        let mut buf = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "{proto:?}: silent TLS client closed by the server"
+        );
+    }
+
     // A TCP client that never starts TLS is dropped too, and others are served meanwhile.
     let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut conn = connect(server.addr, &server.ca.cert_pem, Proto::H2).await;

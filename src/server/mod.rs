@@ -10,8 +10,10 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -286,8 +289,30 @@ impl Server {
                         return;
                     }
                 };
-                let conn = builder.serve_connection(TokioIo::new(tls), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                // A client that completes TLS and then sends nothing would wait in protocol detection (or the
+                // HTTP/2 preface) forever: give it the same client timeout to send its first bytes.
+                let seen = Arc::new(AtomicBool::new(false));
+                let io = FirstBytes {
+                    inner: tls,
+                    seen: seen.clone(),
+                };
+                let conn = watcher.watch(
+                    builder
+                        .serve_connection(TokioIo::new(io), service)
+                        .into_owned(),
+                );
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = &mut conn => r,
+                    () = tokio::time::sleep(handshake_timeout) => {
+                        if !seen.load(Ordering::Relaxed) {
+                            tracing::debug!(%peer, "client sent nothing after the TLS handshake; closing");
+                            return;
+                        }
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
@@ -306,6 +331,57 @@ impl Server {
         let _ = probe.await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Passes reads and writes through, and notes when the first bytes arrive.
+struct FirstBytes<T> {
+    inner: T,
+    seen: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstBytes<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.seen.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstBytes<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
