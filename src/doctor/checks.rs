@@ -410,12 +410,16 @@ fn namespaced(svc: &Service) -> String {
 
 /// `a, b, c and 4 more`.
 fn list_some(items: &[String]) -> String {
+    list_some_sep(items, ", ")
+}
+
+fn list_some_sep(items: &[String], sep: &str) -> String {
     if items.len() <= LIST_IN_MESSAGE {
-        items.join(", ")
+        items.join(sep)
     } else {
         format!(
             "{} and {} more",
-            items[..LIST_IN_MESSAGE].join(", "),
+            items[..LIST_IN_MESSAGE].join(sep),
             items.len() - LIST_IN_MESSAGE
         )
     }
@@ -1253,10 +1257,12 @@ pub fn check_pitfalls(services: &[Service], policy: &CompiledPolicy) -> Check {
     let key = policy.policy.annotation_key.as_str();
     let wide = widened(policy);
     let mut lines = Vec::new();
+    let mut services_warned = 0;
     for svc in services
         .iter()
         .filter(|s| annotation(s, key) == Some(ENABLED_VALUE))
     {
+        let before = lines.len();
         let d = annotated_decision(&wide, svc);
         for w in d
             .warnings
@@ -1266,15 +1272,19 @@ pub fn check_pitfalls(services: &[Service], policy: &CompiledPolicy) -> Check {
         {
             lines.push(format!("{}: {w}", namespaced(svc)));
         }
+        if lines.len() > before {
+            services_warned += 1;
+        }
     }
     if lines.is_empty() {
         c.ok("no annotated Service has multiple ports, a targetPort that differs, or session affinity")
     } else {
         c.objects(lines.clone()).warn(
             format!(
-                "{}: {}",
+                "{} for {}: {}",
                 plural(lines.len(), "warning", "warnings"),
-                list_some(&lines)
+                plural(services_warned, "Service", "Services"),
+                list_some_sep(&lines, "; ")
             ),
             "give gRPC its own single-port Service with targetPort equal to port and no sessionAffinity",
         )
@@ -1321,4 +1331,91 @@ pub fn check_not_annotated(
         ),
         "lb-l7-webhook backfill --dry-run, then lb-l7-webhook backfill",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn l7_ports_accept_spaces_and_commas() {
+        assert_eq!(parse_l7_ports("50051 8080"), vec![8080, 50051]);
+        assert_eq!(parse_l7_ports("50051,8080, 50051"), vec![8080, 50051]);
+        assert_eq!(parse_l7_ports("  "), Vec::<i32>::new());
+        assert_eq!(parse_l7_ports("grpc 9000"), vec![9000]);
+    }
+
+    #[test]
+    fn ca_bundle_errors_say_what_is_wrong() {
+        assert_eq!(parse_ca_bundle(b""), Err("caBundle is empty".to_string()));
+        assert_eq!(
+            parse_ca_bundle(b"not pem at all"),
+            Err("caBundle holds no PEM certificate".to_string())
+        );
+        let key = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let err = parse_ca_bundle(key).expect_err("a key is not a CA");
+        assert!(err.contains("not a CERTIFICATE"), "{err}");
+    }
+
+    fn requirement(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn selectors_compare_by_meaning() {
+        let a = LabelSelector {
+            match_expressions: Some(vec![
+                requirement("a", "In", &["x", "y"]),
+                requirement("b", "NotIn", &["z"]),
+            ]),
+            match_labels: None,
+        };
+        let b = LabelSelector {
+            match_expressions: Some(vec![
+                requirement("b", "NotIn", &["z"]),
+                requirement("a", "In", &["y", "x"]),
+            ]),
+            match_labels: Some(BTreeMap::new()),
+        };
+        assert_eq!(normalize_selector(Some(&a)), normalize_selector(Some(&b)));
+        assert_eq!(normalize_selector(Some(&LabelSelector::default())), None);
+        let c = LabelSelector {
+            match_expressions: Some(vec![requirement("a", "In", &["x"])]),
+            match_labels: None,
+        };
+        assert_ne!(normalize_selector(Some(&a)), normalize_selector(Some(&c)));
+    }
+
+    #[test]
+    fn long_lists_are_cut_in_messages() {
+        let items: Vec<String> = (1..=7).map(|i| format!("ns/s{i}")).collect();
+        assert_eq!(
+            list_some(&items),
+            "ns/s1, ns/s2, ns/s3, ns/s4, ns/s5 and 2 more"
+        );
+        assert_eq!(list_some(&items[..2]), "ns/s1, ns/s2");
+    }
+
+    #[test]
+    fn report_counts_and_fails_only_on_fail() {
+        let warn = Check::new("x", Group::Cilium, "x").warn("w", "f");
+        let ok = Check::new("y", Group::Cilium, "y").ok("fine");
+        let report = Report::new(vec![warn.clone(), ok.clone()]);
+        assert_eq!(
+            report.summary,
+            Summary {
+                ok: 1,
+                warn: 1,
+                fail: 0
+            }
+        );
+        assert!(!report.failed());
+        let fail = Check::new("z", Group::Effect, "z").fail("bad", "fix it");
+        assert!(Report::new(vec![warn, ok, fail]).failed());
+    }
 }
