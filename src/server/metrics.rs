@@ -56,13 +56,10 @@ impl Metrics {
             errors.clone(),
         );
         // 25 µs .. ~0.8 s: the handler takes microseconds; the tail shows trouble.
-        let review_duration = Histogram::new(
-            [
-                0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
-                0.25, 1.0,
-            ]
-            .into_iter(),
-        );
+        let review_duration = Histogram::new([
+            0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+            0.25, 1.0,
+        ]);
         registry.register(
             "review_duration_seconds",
             "Time to read, decide and encode one AdmissionReview",
