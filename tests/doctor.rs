@@ -342,8 +342,12 @@ fn healthy_cilium_data() -> Value {
 }
 
 fn policy_configmap(text: &str) -> Value {
+    generated_policy_configmap("lb-l7-webhook-policy", "2029-06-01T00:00:00Z", text)
+}
+
+fn generated_policy_configmap(name: &str, created: &str, text: &str) -> Value {
     json!({ "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": { "name": "lb-l7-webhook-policy", "namespace": "lb-l7-system" },
+            "metadata": { "name": name, "namespace": "lb-l7-system", "creationTimestamp": created },
             "data": { "policy.yaml": text } })
 }
 
@@ -889,7 +893,7 @@ async fn missing_or_invalid_policy_configmap_fails() {
         &report,
         "webhook.policy",
         Status::Fail,
-        "lb-l7-system/lb-l7-webhook-policy not found",
+        "lb-l7-system/lb-l7-webhook-policy (or lb-l7-system/lb-l7-webhook-policy-<hash> from kustomize) not found",
     );
     assert_status(
         &report,
@@ -924,6 +928,61 @@ async fn missing_or_invalid_policy_configmap_fails() {
         Status::Fail,
         "rules: at least one rule is required",
     );
+}
+
+#[tokio::test]
+async fn kustomize_generated_policy_configmap_is_found_newest_first() {
+    // deploy/base's configMapGenerator names it lb-l7-webhook-policy-<hash>; old generations linger.
+    let mut f = healthy();
+    f.remove_named("configmaps", "lb-l7-webhook-policy");
+    f.put(
+        "configmaps",
+        generated_policy_configmap(
+            "lb-l7-webhook-policy-7g9k2m5f8t",
+            "2029-01-01T00:00:00Z",
+            DEFAULT_POLICY_YAML,
+        ),
+    );
+    f.put(
+        "configmaps",
+        generated_policy_configmap(
+            "unrelated-policy-7g9k2m5f8t",
+            "2029-12-01T00:00:00Z",
+            "not: a policy",
+        ),
+    );
+    let report = examine(f.clone()).await;
+    assert_status(
+        &report,
+        "webhook.policy",
+        Status::Ok,
+        "lb-l7-system/lb-l7-webhook-policy-7g9k2m5f8t (policy.yaml)",
+    );
+    assert_status(
+        &report,
+        "webhook.drift",
+        Status::Ok,
+        "match what the policy renders",
+    );
+
+    // A newer generation with scope cluster: the live configuration was not re-rendered from it.
+    let cluster = DEFAULT_POLICY_YAML.replace("scope: namespace-opt-in", "scope: cluster");
+    f.put(
+        "configmaps",
+        generated_policy_configmap(
+            "lb-l7-webhook-policy-b2c4d6f8h9",
+            "2029-11-01T00:00:00Z",
+            &cluster,
+        ),
+    );
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "webhook.policy",
+        Status::Ok,
+        "lb-l7-webhook-policy-b2c4d6f8h9",
+    );
+    assert_status(&report, "webhook.drift", Status::Fail, "namespaceSelector");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1197,6 +1256,155 @@ async fn services_are_read_page_by_page() {
     assert_eq!(pages.len(), 2, "{pages:?}");
     assert!(pages.iter().all(|p| p.contains("limit=500")), "{pages:?}");
     assert!(pages[1].contains("continue=500"), "{pages:?}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// RBAC: deploy/doctor grants exactly what the doctor reads, and only reads
+
+#[derive(Debug)]
+struct RbacRule {
+    /// `None` for a ClusterRole (any namespace and cluster-scoped objects).
+    namespace: Option<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+    names: Vec<String>,
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn doctor_rbac() -> Vec<RbacRule> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/doctor/rbac.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/doctor/rbac.yaml");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rbac.yaml parses");
+    let bound: BTreeSet<(String, String)> = docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+        .map(|d| {
+            assert_eq!(
+                d["subjects"],
+                json!([{ "kind": "ServiceAccount", "name": "lb-l7-webhook-doctor", "namespace": "lb-l7-system" }]),
+                "{d}"
+            );
+            (
+                d["roleRef"]["kind"].as_str().unwrap_or("").to_string(),
+                d["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let mut rules = Vec::new();
+    for d in &docs {
+        let kind = d["kind"].as_str().unwrap_or("");
+        if kind != "Role" && kind != "ClusterRole" {
+            continue;
+        }
+        let ns = d["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            bound.contains(&(kind.to_string(), ns.clone())),
+            "{kind} in {ns:?} is bound"
+        );
+        for r in d["rules"].as_array().expect("rules") {
+            rules.push(RbacRule {
+                namespace: (kind == "Role").then(|| ns.clone()),
+                groups: strings(&r["apiGroups"]),
+                resources: strings(&r["resources"]),
+                verbs: strings(&r["verbs"]),
+                names: strings(&r["resourceNames"]),
+            });
+        }
+    }
+    rules
+}
+
+/// (apiGroup, resource, namespace, name) of a request path.
+fn request_target(path: &str) -> (String, String, Option<String>, Option<String>) {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _, rest @ ..] => (*group, rest),
+        _ => panic!("unexpected path {path}"),
+    };
+    let (ns, resource, name) = match rest {
+        ["namespaces", ns, resource, tail @ ..] => (Some(ns.to_string()), *resource, tail.first()),
+        [resource, tail @ ..] => (None, *resource, tail.first()),
+        [] => panic!("unexpected path {path}"),
+    };
+    (
+        group.into(),
+        resource.into(),
+        ns,
+        name.map(|n| n.to_string()),
+    )
+}
+
+#[tokio::test]
+async fn deploy_doctor_rbac_is_read_only_and_covers_every_request() {
+    let rules = doctor_rbac();
+    for r in &rules {
+        for v in &r.verbs {
+            assert!(v == "get" || v == "list", "read-only: {r:?}");
+        }
+        assert!(
+            !r.resources.iter().any(|x| x == "secrets" || x == "*"),
+            "{r:?}"
+        );
+    }
+    // Every path the doctor can take: the healthy cluster, a kustomize-named policy ConfigMap (a list in the
+    // webhook's namespace) and --namespace.
+    let mut generated = healthy();
+    generated.remove_named("configmaps", "lb-l7-webhook-policy");
+    generated.put(
+        "configmaps",
+        generated_policy_configmap(
+            "lb-l7-webhook-policy-7g9k2m5f8t",
+            "2029-01-01T00:00:00Z",
+            DEFAULT_POLICY_YAML,
+        ),
+    );
+    let mut one_ns = options();
+    one_ns.namespace = Some("apps".into());
+    let mut requests = Vec::new();
+    for (fake, opts) in [
+        (healthy(), options()),
+        (generated, options()),
+        (healthy(), one_ns),
+    ] {
+        let (report, log) = examine_with(fake, opts).await;
+        assert!(report.is_ok());
+        requests.extend(log.lock().expect("log").clone());
+    }
+    assert!(requests.len() > 20, "{requests:?}");
+    for (method, url) in &requests {
+        let path = url.split('?').next().unwrap_or("");
+        let (group, resource, ns, name) = request_target(path);
+        let verb = if name.is_some() { "get" } else { "list" };
+        assert_eq!(method, "GET");
+        let allowed = rules.iter().any(|r| {
+            r.groups.contains(&group)
+                && r.resources.contains(&resource)
+                && r.verbs.iter().any(|v| v == verb)
+                && (r.names.is_empty() || name.as_ref().is_some_and(|n| r.names.contains(n)))
+                && match &r.namespace {
+                    None => true,
+                    Some(role_ns) => ns.as_ref() == Some(role_ns),
+                }
+        });
+        assert!(
+            allowed,
+            "deploy/doctor does not allow {verb} {group}/{resource} ns={ns:?} name={name:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -636,7 +636,7 @@ pub fn check_webhook_exists(mwc: &Lookup<MutatingWebhookConfiguration>, name: &s
         }
         Lookup::Missing => c.fail(
             format!("MutatingWebhookConfiguration {name} not found: the API server never calls the webhook, so no Service is annotated"),
-            "kubectl apply -k deploy/base (or pass --webhook-name if it has another name)",
+            "kubectl apply -k deploy/overlays/<overlay> (see README, Deploy), or pass --webhook-name if it has another name",
         ),
         Lookup::Unreadable(why) => c.fail(
             format!("cannot read MutatingWebhookConfiguration {name}: {why}"),
@@ -928,8 +928,8 @@ pub fn check_policy(cm: &Lookup<ConfigMap>, opts: &DiagnoseOptions) -> (Check, O
         Lookup::Missing => {
             return (
                 c.fail(
-                    format!("ConfigMap {at} not found{fallback}"),
-                    "kubectl apply -k deploy/base, or pass --policy-configmap/--webhook-namespace where the policy lives",
+                    format!("ConfigMap {at} (or {at}-<hash> from kustomize) not found{fallback}"),
+                    "kubectl apply -k deploy/overlays/<overlay>, or pass --policy-configmap/--webhook-namespace where the policy lives",
                 ),
                 None,
             );
@@ -944,6 +944,15 @@ pub fn check_policy(cm: &Lookup<ConfigMap>, opts: &DiagnoseOptions) -> (Check, O
             );
         }
     };
+    // The name actually found: kustomize's configMapGenerator adds a content hash.
+    let at = format!(
+        "{}/{}",
+        opts.webhook_namespace,
+        cm.metadata
+            .name
+            .as_deref()
+            .unwrap_or(&opts.policy_configmap)
+    );
     let data = cm.data.clone().unwrap_or_default();
     let found = match data.get(POLICY_CONFIGMAP_KEY) {
         Some(text) => Some((POLICY_CONFIGMAP_KEY.to_string(), text.clone())),

@@ -106,6 +106,38 @@ where
     }
 }
 
+/// Whether `name` is `base` plus a kustomize content-hash suffix (`-` and 10 lowercase letters or digits).
+pub fn is_generated_name(name: &str, base: &str) -> bool {
+    name.strip_prefix(base)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|hash| {
+            hash.len() == 10
+                && hash
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// The newest ConfigMap generated from `base` (kustomize keeps old generations until they are pruned).
+fn newest_generation(all: Vec<ConfigMap>, base: &str) -> Option<ConfigMap> {
+    all.into_iter()
+        .filter(|cm| {
+            cm.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| is_generated_name(n, base))
+        })
+        .max_by(|a, b| {
+            let key = |cm: &ConfigMap| {
+                (
+                    cm.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    cm.metadata.name.clone(),
+                )
+            };
+            key(a).cmp(&key(b))
+        })
+}
+
 /// Reads everything the checks need. Independent reads run concurrently.
 pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterState, FetchError> {
     let ns = opts.namespace.as_deref();
@@ -133,13 +165,27 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
     };
     let policy_config = async {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), &opts.webhook_namespace);
-        classify(
-            &format!(
-                "ConfigMap {}/{}",
-                opts.webhook_namespace, opts.policy_configmap
-            ),
-            api.get(&opts.policy_configmap).await,
-        )
+        let what = format!(
+            "ConfigMap {}/{}",
+            opts.webhook_namespace, opts.policy_configmap
+        );
+        match classify(&what, api.get(&opts.policy_configmap).await)? {
+            // kustomize's configMapGenerator appends a content hash to the name (deploy/base does).
+            Lookup::Missing => {
+                let listed = paged(ListParams::default(), |lp| {
+                    let api = api.clone();
+                    async move { api.list(&lp).await }
+                })
+                .await;
+                Ok(match classify(&what, listed)? {
+                    Lookup::Found(all) => newest_generation(all, &opts.policy_configmap)
+                        .map_or(Lookup::Missing, Lookup::Found),
+                    // Not allowed to list: report the get's 404, which is what was asked for.
+                    Lookup::Missing | Lookup::Unreadable(_) => Lookup::Missing,
+                })
+            }
+            other => Ok(other),
+        }
     };
     let services = async {
         let api: Api<Service> = api_for(client, ns);
@@ -246,4 +292,33 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         namespaces: namespaces?,
         envoy_configs: envoy_configs?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_generated_name;
+
+    #[test]
+    fn kustomize_generated_names() {
+        assert!(is_generated_name(
+            "lb-l7-webhook-policy-7g9k2m5f8t",
+            "lb-l7-webhook-policy"
+        ));
+        assert!(!is_generated_name(
+            "lb-l7-webhook-policy",
+            "lb-l7-webhook-policy"
+        ));
+        assert!(!is_generated_name(
+            "lb-l7-webhook-policy-old",
+            "lb-l7-webhook-policy"
+        ));
+        assert!(!is_generated_name(
+            "lb-l7-webhook-policy-7G9K2M5F8T",
+            "lb-l7-webhook-policy"
+        ));
+        assert!(!is_generated_name(
+            "other-7g9k2m5f8t",
+            "lb-l7-webhook-policy"
+        ));
+    }
 }
