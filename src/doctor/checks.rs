@@ -93,7 +93,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(id: &'static str, group: Group, title: impl Into<String>) -> CheckBuilder {
+    fn build(id: &'static str, group: Group, title: impl Into<String>) -> CheckBuilder {
         CheckBuilder {
             id,
             group,
@@ -390,7 +390,7 @@ pub fn diagnose(
                 _ => "the API server does not serve services",
             };
             checks.push(
-                Check::new("effect.services", Group::Effect, "Services readable").fail(
+                Check::build("effect.services", Group::Effect, "Services readable").fail(
                     format!("cannot list Services, so the effect was not checked: {why}"),
                     unreadable_fix("services"),
                 ),
@@ -449,7 +449,7 @@ pub fn check_cilium_config(cm: &Lookup<ConfigMap>) -> Vec<Check> {
         Lookup::Found(cm) => cm.data.clone().unwrap_or_default(),
         Lookup::Missing => {
             return vec![
-                Check::new("cilium.config", Group::Cilium, "Cilium's ConfigMap").fail(
+                Check::build("cilium.config", Group::Cilium, "Cilium's ConfigMap").fail(
                     format!("ConfigMap {at} not found: is Cilium installed (in kube-system)?"),
                     "install Cilium with --set kubeProxyReplacement=true --set loadBalancer.l7.backend=envoy",
                 ),
@@ -457,7 +457,7 @@ pub fn check_cilium_config(cm: &Lookup<ConfigMap>) -> Vec<Check> {
         }
         Lookup::Unreadable(why) => {
             return vec![
-                Check::new("cilium.config", Group::Cilium, "Cilium's ConfigMap").fail(
+                Check::build("cilium.config", Group::Cilium, "Cilium's ConfigMap").fail(
                     format!("cannot read ConfigMap {at}: {why}"),
                     unreadable_fix(&format!("configmaps/{CILIUM_CONFIG_NAME} in kube-system")),
                 ),
@@ -472,7 +472,7 @@ pub fn check_cilium_config(cm: &Lookup<ConfigMap>) -> Vec<Check> {
 
     let mut out = Vec::new();
     let l7 = get("loadbalancer-l7");
-    let c = Check::new(
+    let c = Check::build(
         "cilium.loadbalancer-l7",
         Group::Cilium,
         "L7 load balancing backend",
@@ -487,7 +487,7 @@ pub fn check_cilium_config(cm: &Lookup<ConfigMap>) -> Vec<Check> {
     });
 
     let envoy = get("enable-envoy-config");
-    let c = Check::new(
+    let c = Check::build(
         "cilium.envoy-config",
         Group::Cilium,
         "CiliumEnvoyConfig support",
@@ -502,7 +502,7 @@ pub fn check_cilium_config(cm: &Lookup<ConfigMap>) -> Vec<Check> {
     });
 
     let kpr = get("kube-proxy-replacement");
-    let c = Check::new(
+    let c = Check::build(
         "cilium.kube-proxy-replacement",
         Group::Cilium,
         "kube-proxy replacement",
@@ -522,7 +522,7 @@ pub fn check_cilium_config(cm: &Lookup<ConfigMap>) -> Vec<Check> {
 
 /// The CRD `ciliumenvoyconfigs.cilium.io` exists.
 pub fn check_envoy_config_crd(crd: &Lookup<()>) -> Check {
-    let c = Check::new(
+    let c = Check::build(
         "cilium.envoy-config-crd",
         Group::Cilium,
         "CiliumEnvoyConfig CRD",
@@ -555,7 +555,7 @@ pub fn parse_l7_ports(value: &str) -> Vec<i32> {
 /// whatever its annotation says. `None` when Cilium's ConfigMap could not be read (its own check fails).
 pub fn check_l7_ports(cm: &Lookup<ConfigMap>, services: &Lookup<Vec<Service>>) -> Option<Check> {
     let cm = cm.found()?;
-    let c = Check::new(
+    let c = Check::build(
         "cilium.loadbalancer-l7-ports",
         Group::Cilium,
         "L7 by port number",
@@ -614,7 +614,7 @@ pub fn check_l7_ports(cm: &Lookup<ConfigMap>, services: &Lookup<Vec<Service>>) -
 // The webhook
 
 pub fn check_webhook_exists(mwc: &Lookup<MutatingWebhookConfiguration>, name: &str) -> Check {
-    let c = Check::new(
+    let c = Check::build(
         "webhook.configuration",
         Group::Webhook,
         "MutatingWebhookConfiguration",
@@ -698,7 +698,7 @@ pub fn date(unix: i64) -> String {
 /// Each webhook's caBundle parses and at least one of its certificates is valid now; warn within 30 days of the
 /// last one's expiry.
 pub fn check_ca_bundle(mwc: &MutatingWebhookConfiguration, now: i64) -> Check {
-    let c = Check::new("webhook.ca-bundle", Group::Webhook, "caBundle");
+    let c = Check::build("webhook.ca-bundle", Group::Webhook, "caBundle");
     let cert_manager = mwc
         .metadata
         .annotations
@@ -809,7 +809,7 @@ pub fn check_webhook_endpoints(
     mwc: &MutatingWebhookConfiguration,
     endpoints: &BTreeMap<(String, String), Lookup<Vec<EndpointSlice>>>,
 ) -> Check {
-    let c = Check::new("webhook.endpoints", Group::Webhook, "Webhook endpoints");
+    let c = Check::build("webhook.endpoints", Group::Webhook, "Webhook endpoints");
     let services = webhook_services(mwc);
     if services.is_empty() {
         let urls: Vec<String> = webhooks(mwc)
@@ -865,7 +865,7 @@ pub fn check_webhook_endpoints(
 
 /// failurePolicy Ignore: a webhook that is down must not block Service writes.
 pub fn check_failure_policy(mwc: &MutatingWebhookConfiguration) -> Check {
-    let c = Check::new("webhook.failure-policy", Group::Webhook, "failurePolicy");
+    let c = Check::build("webhook.failure-policy", Group::Webhook, "failurePolicy");
     let not_ignore: Vec<String> = webhooks(mwc)
         .iter()
         .filter(|w| w.failure_policy.as_deref() != Some("Ignore"))
@@ -892,7 +892,7 @@ pub fn check_failure_policy(mwc: &MutatingWebhookConfiguration) -> Check {
 
 /// timeoutSeconds at most 10: a slow webhook holds every Service write for that long.
 pub fn check_timeout(mwc: &MutatingWebhookConfiguration) -> Check {
-    let c = Check::new("webhook.timeout", Group::Webhook, "timeoutSeconds");
+    let c = Check::build("webhook.timeout", Group::Webhook, "timeoutSeconds");
     let slow: Vec<String> = webhooks(mwc)
         .iter()
         .filter(|w| w.timeout_seconds.unwrap_or(10) > MAX_RECOMMENDED_TIMEOUT_SECONDS)
@@ -920,7 +920,7 @@ pub fn check_timeout(mwc: &MutatingWebhookConfiguration) -> Check {
 
 /// The policy in the webhook's ConfigMap loads. Returns the check and the policy (when it loads).
 pub fn check_policy(cm: &Lookup<ConfigMap>, opts: &DiagnoseOptions) -> (Check, Option<Policy>) {
-    let c = Check::new("webhook.policy", Group::Webhook, "Policy ConfigMap");
+    let c = Check::build("webhook.policy", Group::Webhook, "Policy ConfigMap");
     let at = format!("{}/{}", opts.webhook_namespace, opts.policy_configmap);
     let fallback = "; the Effect checks use the built-in default policy";
     let cm = match cm {
@@ -1011,7 +1011,7 @@ pub fn check_drift(
     live: &MutatingWebhookConfiguration,
     rendered: Option<&MutatingWebhookConfiguration>,
 ) -> Check {
-    let c = Check::new(
+    let c = Check::build(
         "webhook.drift",
         Group::Webhook,
         "Selectors match the policy",
@@ -1098,7 +1098,7 @@ pub fn check_envoy_configs(
     policy: &CompiledPolicy,
     envoy_configs: &Lookup<BTreeSet<(String, String)>>,
 ) -> Check {
-    let c = Check::new(
+    let c = Check::build(
         "effect.envoy-configs",
         Group::Effect,
         "CiliumEnvoyConfig per annotated Service",
@@ -1177,7 +1177,7 @@ pub fn check_envoy_configs(
 
 /// Services that carry the old key `io.cilium.service/lb-l7`, which current Cilium ignores.
 pub fn check_legacy_annotation(services: &[Service], policy: &Policy) -> Check {
-    let c = Check::new(
+    let c = Check::build(
         "effect.legacy-annotation",
         Group::Effect,
         "Old annotation key",
@@ -1233,7 +1233,7 @@ pub fn check_legacy_annotation(services: &[Service], policy: &Policy) -> Check {
 
 /// Values such as `Enabled` or `ENABLED`: Cilium compares case-sensitively, so L7 stays off.
 pub fn check_annotation_case(services: &[Service], policy: &Policy) -> Check {
-    let c = Check::new("effect.annotation-value", Group::Effect, "Annotation value");
+    let c = Check::build("effect.annotation-value", Group::Effect, "Annotation value");
     let key = policy.annotation_key.as_str();
     let wrong: Vec<String> = services
         .iter()
@@ -1262,7 +1262,7 @@ pub fn check_annotation_case(services: &[Service], policy: &Policy) -> Check {
 /// Cilium's pitfalls (multi-port, targetPort, session affinity, unknown algorithm, no frontend) for Services that
 /// are annotated `enabled`: the warnings of [`CompiledPolicy::evaluate`].
 pub fn check_pitfalls(services: &[Service], policy: &CompiledPolicy) -> Check {
-    let c = Check::new("effect.pitfalls", Group::Effect, "Cilium pitfalls");
+    let c = Check::build("effect.pitfalls", Group::Effect, "Cilium pitfalls");
     let key = policy.policy.annotation_key.as_str();
     let wide = widened(policy);
     let mut lines = Vec::new();
@@ -1307,7 +1307,7 @@ pub fn check_not_annotated(
     policy: &CompiledPolicy,
     namespaces: Option<&BTreeMap<String, BTreeMap<String, String>>>,
 ) -> Check {
-    let c = Check::new(
+    let c = Check::build(
         "effect.not-annotated",
         Group::Effect,
         "Selected Services annotated",
@@ -1412,8 +1412,8 @@ mod tests {
 
     #[test]
     fn report_counts_and_fails_only_on_fail() {
-        let warn = Check::new("x", Group::Cilium, "x").warn("w", "f");
-        let ok = Check::new("y", Group::Cilium, "y").ok("fine");
+        let warn = Check::build("x", Group::Cilium, "x").warn("w", "f");
+        let ok = Check::build("y", Group::Cilium, "y").ok("fine");
         let report = Report::new(vec![warn.clone(), ok.clone()]);
         assert_eq!(
             report.summary,
@@ -1424,7 +1424,7 @@ mod tests {
             }
         );
         assert!(!report.failed());
-        let fail = Check::new("z", Group::Effect, "z").fail("bad", "fix it");
+        let fail = Check::build("z", Group::Effect, "z").fail("bad", "fix it");
         assert!(Report::new(vec![warn, ok, fail]).failed());
     }
 }

@@ -26,7 +26,7 @@ pub const PAGE_SIZE: u32 = 500;
 /// The API server could not be used at all: the run ends with exit status 2.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("cannot reach the Kubernetes API server while reading {what}: {source}")]
+    #[error("cannot reach the Kubernetes API server while reading {what}")]
     Connection {
         what: String,
         #[source]
@@ -244,16 +244,9 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         )
     };
 
-    let (
-        cilium_config,
-        envoy_config_crd,
-        webhook,
-        policy_config,
-        services,
-        namespaces,
-        envoy_configs,
-    ) = futures::join!(
-        cilium_config,
+    // First, alone: when the API server cannot be reached, one request fails (and logs) instead of seven.
+    let cilium_config = cilium_config.await?;
+    let (envoy_config_crd, webhook, policy_config, services, namespaces, envoy_configs) = futures::join!(
         crd,
         webhook,
         policy_config,
@@ -283,7 +276,7 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
     }
 
     Ok(ClusterState {
-        cilium_config: cilium_config?,
+        cilium_config,
         envoy_config_crd: envoy_config_crd?,
         webhook,
         webhook_endpoints,

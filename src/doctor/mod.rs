@@ -4,7 +4,8 @@
 //! ok / warn / fail results with a one-line fix each (pure, no IO), and [`render`] prints them.
 //!
 //! Exit status: 0 when no check fails (warnings allowed), 1 when at least one check fails, 2 when the doctor could
-//! not run at all (bad flags, no kubeconfig or in-cluster config, API server unreachable, credentials rejected).
+//! not run at all (bad flags, no kubeconfig or in-cluster config, API server unreachable or not done within
+//! [`RUN_TIMEOUT`], credentials rejected).
 //! A 403 or 404 from the API server is not an error exit: it is a failed check that says which permission or
 //! object is missing.
 
@@ -28,6 +29,9 @@ pub use fetch::{FetchError, fetch};
 pub const DEFAULT_WEBHOOK_NAME: &str = "lb-l7-webhook";
 /// The policy ConfigMap's name in the shipped manifests (its key is `policy.yaml`).
 pub const DEFAULT_POLICY_CONFIGMAP: &str = "lb-l7-webhook-policy";
+
+/// The longest a whole run may take (every read, all pages); beyond it the doctor gives up with exit status 2.
+pub const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,7 +135,14 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         "cannot configure a Kubernetes client (no usable kubeconfig or in-cluster service account)",
     )?;
     let opts = args.options(unix_now());
-    let report = examine(&client, &opts).await?;
+    let report = tokio::time::timeout(RUN_TIMEOUT, examine(&client, &opts))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the Kubernetes API server did not answer all reads within {} s",
+                RUN_TIMEOUT.as_secs()
+            )
+        })??;
     let stdout = std::io::stdout();
     let colour = args.output == Output::Table
         && stdout.is_terminal()
