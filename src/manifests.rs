@@ -421,9 +421,10 @@ mod tests {
     use super::*;
 
     fn policy(scope: Scope) -> Policy {
-        let mut p = Policy::default();
-        p.scope = scope;
-        p
+        Policy {
+            scope,
+            ..Policy::default()
+        }
     }
 
     fn exprs(sel: &LabelSelector) -> Vec<(String, String, Vec<String>)> {
@@ -493,8 +494,10 @@ mod tests {
 
     #[test]
     fn safe_defaults_and_timeout_from_policy() {
-        let mut p = Policy::default();
-        p.timeout_seconds = 7;
+        let p = Policy {
+            timeout_seconds: 7,
+            ..Policy::default()
+        };
         let cfg = render_webhook_configuration(&p, &RenderOptions::default());
         let wh = &cfg.webhooks.as_ref().unwrap()[0];
         assert_eq!(wh.failure_policy.as_deref(), Some("Ignore"));

@@ -220,7 +220,7 @@ fn assert_restricted(spec: &PodSpec, what: &str) {
             .security_context
             .clone()
             .unwrap_or_else(|| panic!("{what}: no securityContext"));
-        assert_eq!(sc.privileged.unwrap_or(false), false, "{what}: privileged");
+        assert_ne!(sc.privileged, Some(true), "{what}: privileged");
         assert_eq!(
             sc.allow_privilege_escalation,
             Some(false),
@@ -560,4 +560,39 @@ fn overlay_modes_and_scopes_are_what_their_names_say() {
         Policy::from_yaml(&base).expect("base policy"),
         Policy::default()
     );
+}
+
+#[test]
+fn the_manifests_command_prints_each_overlays_webhook_configuration() {
+    for overlay in OVERLAYS {
+        let Some(r) = render(overlay) else { return };
+        let text = one(&r.config_maps, "ConfigMap")
+            .data
+            .as_ref()
+            .and_then(|d| d.get("policy.yaml"))
+            .cloned()
+            .expect("policy.yaml");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, text).expect("write policy");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-l7-webhook"));
+        cmd.args(["manifests", "-o", "json", "--policy"])
+            .arg(&policy);
+        if overlay == "cert-manager" {
+            cmd.args(["--cert-manager", "lb-l7-system/lb-l7-webhook"]);
+        }
+        let out = cmd.output().expect("run lb-l7-webhook manifests");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed: MutatingWebhookConfiguration = serde_json::from_slice(&out.stdout)
+            .expect("manifests prints a MutatingWebhookConfiguration");
+        assert_eq!(
+            &printed,
+            one(&r.webhooks, "webhook configuration"),
+            "{overlay}"
+        );
+    }
 }
