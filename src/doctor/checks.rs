@@ -705,9 +705,24 @@ pub fn check_ca_bundle(mwc: &MutatingWebhookConfiguration, now: i64) -> Check {
         .as_ref()
         .and_then(|a| a.get("cert-manager.io/inject-ca-from"))
         .cloned();
-    let renew = match &cert_manager {
-        Some(from) => format!("check cert-manager's Certificate {from} (kubectl describe certificate) and its cainjector logs"),
-        None => "lb-l7-webhook certs, then lb-l7-webhook manifests --ca-bundle-file certs/ca.crt | kubectl apply -f - (and restart the webhook)".to_string(),
+    let name = mwc.metadata.name.as_deref().unwrap_or("lb-l7-webhook");
+    // The shipped manifests carry no caBundle: it is patched in (certs/README.md).
+    let patch = format!(
+        "kubectl patch mutatingwebhookconfiguration {name} --type=json -p '[{{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"'\"$(base64 -w0 certs/ca.crt)\"'\"}}]' (certs/README.md)"
+    );
+    let (set, renew) = match &cert_manager {
+        Some(from) => {
+            let fix = format!(
+                "check cert-manager's Certificate {from} (kubectl describe certificate) and the cainjector's logs"
+            );
+            (fix.clone(), fix)
+        }
+        None => (
+            format!("set it from the CA that signed the webhook's certificate: {patch}"),
+            format!(
+                "lb-l7-webhook certs --service lb-l7-webhook --namespace lb-l7-system --new-ca --secret-manifest certs/secret.yaml, kubectl apply -f certs/secret.yaml, then {patch}"
+            ),
+        ),
     };
     let mut soonest: Option<(String, i64, String)> = None;
     for wh in webhooks(mwc) {
@@ -732,10 +747,10 @@ pub fn check_ca_bundle(mwc: &MutatingWebhookConfiguration, now: i64) -> Check {
                 };
                 return c.fail(
                     format!(
-                        "webhook {}: {why}; the API server cannot verify the webhook and (failurePolicy Ignore) lets every Service through unchanged",
+                        "webhook {}: {why}; the API server cannot verify the webhook, so no Service is annotated",
                         wh.name
                     ),
-                    renew,
+                    set,
                 );
             }
         };
@@ -1016,7 +1031,7 @@ pub fn check_drift(
         Group::Webhook,
         "Selectors match the policy",
     );
-    let fix = "re-render from the same policy: lb-l7-webhook manifests --policy policy.yaml ... | kubectl apply -f - (or kubectl apply -k deploy/<overlay>)";
+    let fix = "re-render from the policy in the ConfigMap: lb-l7-webhook manifests --policy policy.yaml --ca-bundle-file certs/ca.crt | kubectl apply -f - (or kubectl apply -k deploy/overlays/<overlay>)";
     let Some(rendered) = rendered else {
         return c.warn(
             "could not render the webhook configuration from the policy, so drift was not checked",
