@@ -11,5 +11,6 @@ pub mod doctor;
 pub mod manifests;
 pub mod patch;
 pub mod policy;
+pub mod report;
 pub mod server;
 pub mod telemetry;

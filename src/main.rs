@@ -31,6 +31,9 @@ enum Command {
     Serve(lb_l7_webhook::server::ServeArgs),
     /// Print the MutatingWebhookConfiguration for a policy (the same file `serve --policy` reads).
     Manifests(lb_l7_webhook::manifests::ManifestsArgs),
+    /// Dry-run report: what the policy would do to each Service, from manifests (files, directories, `-`) or
+    /// the cluster. Exit 2 on unreadable input, 3 with `--fail-on enable` when a Service would change.
+    Report(lb_l7_webhook::report::ReportArgs),
     /// Write a CA and a serving certificate for the webhook's Service; print the base64 caBundle.
     Certs(lb_l7_webhook::certs::CertsArgs),
     /// Check Cilium, the webhook and their effect in a cluster; exit 0 (ok), 1 (a check failed), 2 (cannot run).
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Manifests(args) => lb_l7_webhook::manifests::run(args).await,
+            Command::Report(args) => lb_l7_webhook::report::run(args).await,
             Command::Certs(args) => lb_l7_webhook::certs::run(args).await,
             Command::Doctor(args) => lb_l7_webhook::doctor::run(args).await,
             // Each further subcommand: `Command::X(args) => lb_l7_webhook::x::run(args).await` returning

@@ -1,0 +1,202 @@
+//! Offline report speed: a generated manifest of 100,000 Services (plus their Namespaces), read, evaluated and
+//! rendered, end to end, as `lb-l7-webhook report FILE` does. The requirement is under 2 s on the project's
+//! 2-core machine. A plain harness (`harness = false`): each case runs a few times and prints min/median/max.
+//!
+//! Run with `cargo bench --bench report` (release profile). `LB_L7_BENCH_SERVICES` changes the count,
+//! `LB_L7_BENCH_RUNS` the runs per case.
+
+use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lb_l7_webhook::policy::Policy;
+use lb_l7_webhook::report::{self, OutputFormat};
+
+const NAMESPACES: usize = 200;
+
+/// One Service of a realistic mix: gRPC by name, gRPC by appProtocol, HTTP, already enabled, opted out,
+/// headless, multi-port with a differing targetPort.
+fn service_yaml(out: &mut String, i: usize) {
+    let ns = i % NAMESPACES;
+    let _ = write!(
+        out,
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\n  namespace: ns-{ns}\n  labels:\n    app: svc-{i}\n    team: team-{t}\n",
+        t = i % 17
+    );
+    match i % 7 {
+        0 => out.push_str("spec:\n  selector:\n    app: x\n  ports:\n  - name: grpc\n    port: 50051\n    targetPort: 50051\n"),
+        1 => out.push_str("spec:\n  selector:\n    app: x\n  ports:\n  - name: api\n    port: 9000\n    appProtocol: kubernetes.io/h2c\n"),
+        2 => out.push_str("spec:\n  selector:\n    app: x\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n"),
+        3 => out.push_str("  annotations:\n    service.cilium.io/lb-l7: enabled\nspec:\n  selector:\n    app: x\n  ports:\n  - name: grpc\n    port: 50051\n"),
+        4 => out.push_str("  annotations:\n    service.cilium.io/lb-l7: disabled\nspec:\n  ports:\n  - name: grpc\n    port: 50051\n"),
+        5 => out.push_str("spec:\n  clusterIP: None\n  ports:\n  - name: grpc\n    port: 50051\n"),
+        _ => out.push_str("spec:\n  type: ClusterIP\n  sessionAffinity: ClientIP\n  ports:\n  - name: grpc-api\n    port: 80\n    targetPort: 8080\n  - name: metrics\n    port: 9090\n"),
+    }
+}
+
+fn namespaces_yaml(out: &mut String) {
+    for ns in 0..NAMESPACES {
+        let label = if ns % 10 == 0 { "false" } else { "true" };
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns-{ns}\n  labels:\n    lb-l7-webhook/enabled: \"{label}\"\n"
+        );
+    }
+}
+
+fn multi_document_yaml(n: usize) -> String {
+    let mut s = String::with_capacity(n * 260);
+    namespaces_yaml(&mut s);
+    for i in 0..n {
+        service_yaml(&mut s, i);
+    }
+    s
+}
+
+/// The same Services as one `kind: List` in JSON, as `kubectl get svc -A -o json` writes it.
+fn json_list(n: usize) -> String {
+    let yaml = multi_document_yaml(n);
+    let mut items = Vec::with_capacity(n + NAMESPACES);
+    for (_, doc) in lb_l7_webhook::report::sources::split_yaml_documents(&yaml) {
+        if doc.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_saphyr::from_str(doc).expect("generated YAML parses");
+        items.push(v);
+    }
+    serde_json::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
+        .expect("json")
+}
+
+fn time_case(
+    name: &str,
+    runs: usize,
+    file: &Path,
+    format: OutputFormat,
+    out_path: &Path,
+) -> Duration {
+    let policy =
+        Policy::from_yaml("scope: namespace-opt-in\nrules: [{name: grpc-ports, ports: {}}]\n")
+            .expect("policy");
+    // (total, read, evaluate, render) per run.
+    let mut times: Vec<[Duration; 4]> = Vec::with_capacity(runs);
+    let mut services = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        // The whole `report` command but the process start: compile, read, evaluate, render to a file.
+        let compiled = policy.compile();
+        let inventory = report::read_offline(&[PathBuf::from(file)], None);
+        let read = start.elapsed();
+        let r = report::build_report(&compiled, inventory);
+        let evaluated = start.elapsed();
+        let f = std::fs::File::create(out_path).expect("output file");
+        let mut out = BufWriter::with_capacity(1 << 16, f);
+        report::write_report(&mut out, &r, format, false).expect("render");
+        out.flush().expect("flush");
+        let total = start.elapsed();
+        times.push([total, read, evaluated - read, total - evaluated]);
+        assert!(r.errors.is_empty(), "{:?}", r.errors.first());
+        services = r.summary.total;
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    let out_size = std::fs::metadata(out_path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{name:<38} {services:>7} Services  min {:.3}s  median {:.3}s  max {:.3}s  \
+         (median run: read {:.3}s, evaluate {:.3}s, render {:.3}s; output {:.1} MB)",
+        times[0][0].as_secs_f64(),
+        median[0].as_secs_f64(),
+        times[times.len() - 1][0].as_secs_f64(),
+        median[1].as_secs_f64(),
+        median[2].as_secs_f64(),
+        median[3].as_secs_f64(),
+        out_size as f64 / 1e6,
+    );
+    median[0]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument, if any, selects cases by substring.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let n: usize = std::env::var("LB_L7_BENCH_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let runs: usize = std::env::var("LB_L7_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml_path = dir.path().join("services.yaml");
+    let json_path = dir.path().join("services.json");
+    let out_path = dir.path().join("out");
+    let t = Instant::now();
+    let yaml = multi_document_yaml(n);
+    std::fs::write(&yaml_path, &yaml).expect("write yaml");
+    let json = json_list(n);
+    std::fs::write(&json_path, &json).expect("write json");
+    println!(
+        "generated {n} Services in {NAMESPACES} namespaces: YAML {:.1} MB, JSON {:.1} MB ({:.1}s)",
+        yaml.len() as f64 / 1e6,
+        json.len() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    // The same Services with a comment after a value: outside the fast YAML path, so serde-saphyr reads all of it.
+    let commented_path = dir.path().join("services-commented.yaml");
+    std::fs::write(
+        &commented_path,
+        yaml.replace("kind: Service\n", "kind: Service # a comment\n"),
+    )
+    .expect("write commented yaml");
+    drop((yaml, json));
+
+    let cases: [(&str, &Path, OutputFormat); 8] = [
+        (
+            "yaml multi-document -> table",
+            &yaml_path,
+            OutputFormat::Table,
+        ),
+        ("json kind: List -> table", &json_path, OutputFormat::Table),
+        (
+            "yaml multi-document -> json",
+            &yaml_path,
+            OutputFormat::Json,
+        ),
+        (
+            "yaml multi-document -> markdown",
+            &yaml_path,
+            OutputFormat::Markdown,
+        ),
+        (
+            "yaml multi-document -> yaml",
+            &yaml_path,
+            OutputFormat::Yaml,
+        ),
+        (
+            "yaml multi-document -> policyreport",
+            &yaml_path,
+            OutputFormat::Policyreport,
+        ),
+        ("json kind: List -> json", &json_path, OutputFormat::Json),
+        (
+            "yaml, serde-saphyr only -> table",
+            &commented_path,
+            OutputFormat::Table,
+        ),
+    ];
+    let mut over = Vec::new();
+    for (name, file, format) in cases {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let median = time_case(name, runs, file, format, &out_path);
+        if median >= Duration::from_secs(2) {
+            over.push(name);
+        }
+    }
+    if !over.is_empty() {
+        println!("over the 2 s budget (median): {}", over.join(", "));
+    }
+}

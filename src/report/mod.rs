@@ -1,0 +1,370 @@
+//! `lb-l7-webhook report`: what the policy would do to each Service, from manifests or a live cluster.
+//!
+//! The report calls the same [`CompiledPolicy::evaluate`] as the webhook, with the namespace's labels (from the
+//! Namespace objects in the input, or from the cluster), so the webhook configuration's namespace selector and
+//! the webhook's own checks are both accounted for. A Service whose Namespace is not in the input is evaluated as
+//! in an unlabelled namespace, and its entry carries a warning that says so.
+//!
+//! Exit status: 0 when the report is complete; 2 when a file or document could not be read (the report still
+//! lists every Service that could be read); 3 with `--fail-on enable` when a Service would be changed. A read
+//! error wins over `--fail-on` (2 before 3): the report is incomplete, so "nothing to change" cannot be trusted.
+
+mod fastyaml;
+pub mod render;
+pub mod sources;
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Service;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{
+    CompiledPolicy, Decision, DecisionKind, Mode, NamespaceInfo, Policy, Scope,
+    cilium_envoy_config_name, describe_port,
+};
+use sources::{FoundService, Inventory, SourceError, namespace_of};
+
+/// Exit status when a file or document could not be read (the report lists what could be).
+pub const EXIT_ERRORS: u8 = 2;
+/// Exit status of `--fail-on enable` when any Service would be changed.
+pub const EXIT_WOULD_CHANGE: u8 = 3;
+
+/// Output formats of `report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// NAMESPACE, NAME, PORTS, DECISION, REASON, then warnings and a summary line (colour only on a terminal).
+    Table,
+    /// One object: `summary`, `services` (one entry per Service) and `errors`.
+    Json,
+    /// The same as json, in YAML.
+    Yaml,
+    /// A Markdown table, for a pull-request comment.
+    Markdown,
+    /// `wgpolicyk8s.io/v1alpha2` PolicyReport objects, one per namespace, for `kubectl apply` and Policy Reporter.
+    Policyreport,
+}
+
+/// What `--fail-on` fails on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// Any Service that the policy would change (decision `enable`).
+    Enable,
+}
+
+/// `report`'s arguments. Every flag also reads an `LB_L7_*` environment variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Manifest files or directories (YAML, multi-document YAML, `kind: List`, kustomize output, or JSON);
+    /// `-` reads stdin. Directories are walked for *.yaml, *.yml and *.json.
+    #[arg(value_name = "PATH", conflicts_with = "cluster")]
+    pub paths: Vec<PathBuf>,
+
+    /// Read the Services and Namespaces of the cluster instead (kubeconfig, or the in-cluster config).
+    #[arg(long, env = "LB_L7_REPORT_CLUSTER")]
+    pub cluster: bool,
+
+    /// Only this namespace's Services.
+    #[arg(long, short = 'n', env = "LB_L7_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Policy file (YAML), as for `serve`. Without it, the built-in default.
+    #[arg(long, env = "LB_L7_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, short = 'o', env = "LB_L7_REPORT_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Exit with status 3 when any Service would be changed (for CI over a GitOps repository).
+    #[arg(long, env = "LB_L7_REPORT_FAIL_ON", value_enum)]
+    pub fail_on: Option<FailOn>,
+
+    /// With --cluster: how many objects each list call asks for (limit/continue paging).
+    #[arg(long, env = "LB_L7_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub page_size: u32,
+}
+
+/// One Service in a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub namespace: String,
+    pub name: String,
+    /// Each port as `name (port/protocol)`.
+    pub ports: Vec<String>,
+    pub decision: DecisionKind,
+    pub reason: String,
+    pub warnings: Vec<String>,
+    /// The rule that matched, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The CiliumEnvoyConfig Cilium's operator creates for the Service: for `enable` and `already-enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cilium_envoy_config: Option<String>,
+    /// The Service's uid (cluster mode), for PolicyReport resource references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Offline: the file and document the Service came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// How many Services got each decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Summary {
+    pub total: usize,
+    pub enable: usize,
+    pub already_enabled: usize,
+    pub opted_out: usize,
+    pub excluded_namespace: usize,
+    pub no_match: usize,
+    pub not_applicable: usize,
+    /// Services with at least one warning.
+    pub with_warnings: usize,
+}
+
+impl Summary {
+    pub fn count(&self, kind: DecisionKind) -> usize {
+        match kind {
+            DecisionKind::Enable => self.enable,
+            DecisionKind::AlreadyEnabled => self.already_enabled,
+            DecisionKind::OptedOut => self.opted_out,
+            DecisionKind::ExcludedNamespace => self.excluded_namespace,
+            DecisionKind::NoMatch => self.no_match,
+            DecisionKind::NotApplicable => self.not_applicable,
+        }
+    }
+
+    fn add(&mut self, e: &Entry) {
+        self.record(e.decision, !e.warnings.is_empty());
+    }
+
+    /// Counts one Service with this decision (and whether it has warnings).
+    pub fn record(&mut self, kind: DecisionKind, warned: bool) {
+        self.total += 1;
+        *match kind {
+            DecisionKind::Enable => &mut self.enable,
+            DecisionKind::AlreadyEnabled => &mut self.already_enabled,
+            DecisionKind::OptedOut => &mut self.opted_out,
+            DecisionKind::ExcludedNamespace => &mut self.excluded_namespace,
+            DecisionKind::NoMatch => &mut self.no_match,
+            DecisionKind::NotApplicable => &mut self.not_applicable,
+        } += 1;
+        if warned {
+            self.with_warnings += 1;
+        }
+    }
+
+    /// `12 Services: 3 enable, 1 already-enabled, ...` (every decision, zeros included).
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{} Service{}:",
+            self.total,
+            if self.total == 1 { "" } else { "s" }
+        );
+        for (i, k) in DecisionKind::ALL.iter().enumerate() {
+            s.push_str(if i == 0 { " " } else { ", " });
+            s.push_str(&format!("{} {}", self.count(*k), k));
+        }
+        if self.with_warnings > 0 {
+            s.push_str(&format!("; {} with warnings", self.with_warnings));
+        }
+        s
+    }
+}
+
+/// A report: the entries sorted by namespace and name, their summary, and the inputs that could not be read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub policy: PolicyInfo,
+    pub summary: Summary,
+    pub services: Vec<Entry>,
+    pub errors: Vec<SourceError>,
+}
+
+/// What the report says about the policy it applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyInfo {
+    pub scope: Scope,
+    pub mode: Mode,
+}
+
+/// The warning on an entry whose Namespace is not among the inputs.
+pub fn unknown_namespace_warning(namespace: &str, from_cluster: bool) -> String {
+    if from_cluster {
+        format!(
+            "namespace {namespace} was not found in the cluster: evaluated as a namespace without labels"
+        )
+    } else {
+        format!(
+            "namespace {namespace} is not in the input (no Namespace object): evaluated as a namespace without labels"
+        )
+    }
+}
+
+/// Evaluates one Service as the webhook configuration and the webhook together would: the namespace's labels
+/// (empty when the namespace is unknown, with a warning saying so) go to the one pure evaluation.
+pub fn evaluate_service(
+    policy: &CompiledPolicy,
+    svc: &Service,
+    namespaces: &std::collections::HashMap<String, BTreeMap<String, String>>,
+    from_cluster: bool,
+) -> Decision {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    let ns = namespace_of(svc);
+    match namespaces.get(ns) {
+        Some(labels) => policy.evaluate(svc, NamespaceInfo::new(ns, Some(labels))),
+        None => {
+            let mut d = policy.evaluate(svc, NamespaceInfo::new(ns, Some(&EMPTY)));
+            d.warnings.push(unknown_namespace_warning(ns, from_cluster));
+            d
+        }
+    }
+}
+
+/// Builds one entry, moving the Service's strings rather than copying them.
+pub fn entry(service: Service, decision: Decision, source: Option<String>) -> Entry {
+    let namespace = namespace_of(&service).to_string();
+    let meta = service.metadata;
+    let name = meta.name.unwrap_or_default();
+    let ports = service
+        .spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .iter()
+        .map(describe_port)
+        .collect();
+    let cilium_envoy_config = decision
+        .kind
+        .is_l7()
+        .then(|| cilium_envoy_config_name(&name));
+    Entry {
+        namespace,
+        name,
+        ports,
+        decision: decision.kind,
+        reason: decision.reason,
+        warnings: decision.warnings,
+        rule: decision.rule,
+        cilium_envoy_config,
+        uid: meta.uid,
+        source,
+    }
+}
+
+/// Evaluates every Service of an inventory (the policy is compiled once by the caller).
+pub fn build_report(policy: &CompiledPolicy, inventory: Inventory) -> Report {
+    let Inventory {
+        services,
+        namespaces,
+        errors,
+        from_cluster,
+        ..
+    } = inventory;
+    let mut summary = Summary::default();
+    let mut entries: Vec<Entry> = services
+        .into_iter()
+        .map(|FoundService { service, origin }| {
+            let decision = evaluate_service(policy, &service, &namespaces, from_cluster);
+            entry(service, decision, origin.map(|o| o.to_string()))
+        })
+        .collect();
+    entries.sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for e in &entries {
+        summary.add(e);
+    }
+    Report {
+        policy: PolicyInfo {
+            scope: policy.policy.scope,
+            mode: policy.policy.mode,
+        },
+        summary,
+        services: entries,
+        errors,
+    }
+}
+
+/// Reads offline inputs (files, directories, `-`), keeping only `namespace` when given.
+pub fn read_offline(paths: &[PathBuf], namespace: Option<&str>) -> Inventory {
+    let mut inv = Inventory::default();
+    inv.read_paths(paths);
+    if let Some(ns) = namespace {
+        inv.retain_namespace(ns);
+    }
+    inv
+}
+
+/// The exit status for a report (see the module documentation for the precedence).
+pub fn exit_status(report: &Report, fail_on: Option<FailOn>) -> u8 {
+    if !report.errors.is_empty() {
+        EXIT_ERRORS
+    } else if fail_on == Some(FailOn::Enable) && report.summary.enable > 0 {
+        EXIT_WOULD_CHANGE
+    } else {
+        0
+    }
+}
+
+/// Writes a report in a format.
+pub fn write_report(
+    out: &mut dyn Write,
+    report: &Report,
+    format: OutputFormat,
+    colour: bool,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Table => render::table(out, report, colour)?,
+        OutputFormat::Json => render::json(out, report)?,
+        OutputFormat::Yaml => render::yaml(out, report)?,
+        OutputFormat::Markdown => render::markdown(out, report)?,
+        OutputFormat::Policyreport => render::policy_reports(out, report)?,
+    }
+    Ok(())
+}
+
+/// The `report` subcommand.
+pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let policy: Policy = crate::server::load_policy(args.policy.as_deref())?;
+    let compiled = policy.compile();
+    let inventory = if args.cluster {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot build a Kubernetes client from kubeconfig or the in-cluster config")?;
+        sources::read_cluster(client, args.namespace.as_deref(), args.page_size).await?
+    } else {
+        if args.paths.is_empty() {
+            anyhow::bail!(
+                "nothing to report on: give manifest files or directories, `-` for stdin, or --cluster"
+            );
+        }
+        let paths = args.paths.clone();
+        let namespace = args.namespace.clone();
+        tokio::task::spawn_blocking(move || read_offline(&paths, namespace.as_deref()))
+            .await
+            .context("the manifest reader stopped")?
+    };
+    let report = build_report(&compiled, inventory);
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    let stdout = std::io::stdout();
+    let colour = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    write_report(&mut out, &report, args.output, colour)?;
+    out.flush().context("cannot write the report")?;
+    if !report.errors.is_empty() {
+        eprintln!(
+            "error: {} input error{}: the report above lists only what could be read",
+            report.errors.len(),
+            if report.errors.len() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(ExitCode::from(exit_status(&report, args.fail_on)))
+}
