@@ -5,6 +5,7 @@
 //! backfill) calls the same core, so they never disagree about a Service.
 
 pub mod admission;
+pub mod backfill;
 pub mod certs;
 pub mod demo;
 pub mod doctor;

@@ -34,6 +34,9 @@ enum Command {
     /// Dry-run report: what the policy would do to each Service, from manifests (files, directories, `-`) or
     /// the cluster. Exit 2 on unreadable input, 3 with `--fail-on enable` when a Service would change.
     Report(lb_l7_webhook::report::ReportArgs),
+    /// Patch the existing Services the policy would enable (guarded JSON Patch; `--dry-run` for dryRun=All).
+    /// Exit 1 if any patch failed.
+    Backfill(lb_l7_webhook::backfill::BackfillArgs),
     /// Write a CA and a serving certificate for the webhook's Service; print the base64 caBundle.
     Certs(lb_l7_webhook::certs::CertsArgs),
     /// Check Cilium, the webhook and their effect in a cluster; exit 0 (ok), 1 (a check failed), 2 (cannot run).
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Manifests(args) => lb_l7_webhook::manifests::run(args).await,
             Command::Report(args) => lb_l7_webhook::report::run(args).await,
+            Command::Backfill(args) => lb_l7_webhook::backfill::run(args).await,
             Command::Certs(args) => lb_l7_webhook::certs::run(args).await,
             Command::Doctor(args) => lb_l7_webhook::doctor::run(args).await,
             // Each further subcommand: `Command::X(args) => lb_l7_webhook::x::run(args).await` returning
