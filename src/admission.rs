@@ -146,9 +146,14 @@ struct UidOnly {
     uid: String,
 }
 
+/// The request's fields the webhook reads; `O` is the object: raw JSON text on the step-by-step path, a decoded
+/// Service on the fast path.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
+struct RequestIn<O> {
+    /// Read here only on the fast path; the step-by-step path reads it first, alone.
+    #[serde(default)]
+    uid: Option<String>,
     kind: Gvk,
     #[serde(default)]
     sub_resource: Option<String>,
@@ -157,8 +162,12 @@ struct RequestIn<'a> {
     #[serde(default)]
     namespace: Option<String>,
     operation: String,
-    #[serde(default, borrow)]
-    object: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    object: Option<O>,
+}
+
+fn none<O>() -> Option<O> {
+    None
 }
 
 #[derive(Deserialize)]
@@ -171,8 +180,65 @@ struct Gvk {
     kind: String,
 }
 
+/// The whole review in one pass: the fast path for a well-formed review.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FastEnvelope<'a> {
+    #[serde(default, borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    request: RequestIn<Service>,
+}
+
+/// The object of a request, decoded already (fast path) or still raw JSON text.
+enum ObjectIn<'a> {
+    Decoded(Option<Service>),
+    Raw(Option<&'a RawValue>),
+}
+
 /// Answers one AdmissionReview. `Err` only when the body is not an AdmissionReview with a uid.
+///
+/// A well-formed review is decoded in one pass. Anything else takes the step-by-step path, which reads the
+/// envelope, then the uid alone, then the request, then the object, so that the uid is echoed and the warning
+/// says what is wrong. Both paths give the same answer: the fast path only succeeds where every step would.
 pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadRequest> {
+    if let Ok(fast) = serde_json::from_slice::<FastEnvelope>(body)
+        && fast.kind.as_deref() == Some(KIND)
+        && fast.api_version.as_deref() == Some(API_VERSION)
+        && fast.request.uid.as_deref().is_some_and(|u| !u.is_empty())
+    {
+        let RequestIn {
+            uid,
+            kind,
+            sub_resource,
+            name,
+            namespace,
+            operation,
+            object,
+        } = fast.request;
+        let req = RequestIn {
+            uid: None,
+            kind,
+            sub_resource,
+            name,
+            namespace,
+            operation,
+            object: None::<()>,
+        };
+        return Ok(answer(
+            policy,
+            uid.unwrap_or_default(),
+            req,
+            ObjectIn::Decoded(object),
+        ));
+    }
+    review_step_by_step(policy, body)
+}
+
+/// The step-by-step path alone: the reference the fast path of [`review`] must agree with (the `admission` fuzz
+/// target and the unit tests compare them).
+pub fn review_step_by_step(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadRequest> {
     let envelope: Envelope = serde_json::from_slice(body)
         .map_err(|e| BadRequest(format!("body is not a JSON AdmissionReview: {e}")))?;
     let api_version = envelope.api_version.as_deref().unwrap_or("");
@@ -191,31 +257,12 @@ pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadReque
         return Err(BadRequest("request.uid is empty".into()));
     }
 
-    let mut out = Reviewed {
-        response: ReviewResponse {
-            api_version: API_VERSION.into(),
-            kind: KIND.into(),
-            response: AdmissionResponse::allow(uid.clone()),
-        },
-        uid,
-        namespace: String::new(),
-        name: String::new(),
-        operation: String::new(),
-        decision: None,
-        outcome: Outcome::Undecodable,
-    };
-    let finish = |mut out: Reviewed, outcome, response: AdmissionResponse| {
-        out.outcome = outcome;
-        out.response.response = response;
-        out
-    };
-    let allow = AdmissionResponse::allow(out.uid.clone());
-
-    let req: RequestIn = match serde_json::from_str(raw.get()) {
+    let req: RequestIn<&RawValue> = match serde_json::from_str(raw.get()) {
         Ok(r) => r,
         Err(e) => {
-            return Ok(finish(
-                out,
+            let allow = AdmissionResponse::allow(uid.clone());
+            let out = Reviewed::start(uid);
+            return Ok(out.finish(
                 Outcome::Undecodable,
                 allow.warn(format!(
                     "request could not be decoded ({e}); Service allowed unchanged"
@@ -223,63 +270,115 @@ pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadReque
             ));
         }
     };
-    out.namespace = req.namespace.clone().unwrap_or_default();
-    out.name = req.name.clone().unwrap_or_default();
-    out.operation = req.operation.clone();
+    let RequestIn {
+        kind,
+        sub_resource,
+        name,
+        namespace,
+        operation,
+        object,
+        ..
+    } = req;
+    let req = RequestIn {
+        uid: None,
+        kind,
+        sub_resource,
+        name,
+        namespace,
+        operation,
+        object: None::<()>,
+    };
+    Ok(answer(policy, uid, req, ObjectIn::Raw(object)))
+}
+
+impl Reviewed {
+    fn start(uid: String) -> Self {
+        Reviewed {
+            response: ReviewResponse {
+                api_version: API_VERSION.into(),
+                kind: KIND.into(),
+                response: AdmissionResponse::allow(uid.clone()),
+            },
+            uid,
+            namespace: String::new(),
+            name: String::new(),
+            operation: String::new(),
+            decision: None,
+            outcome: Outcome::Undecodable,
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome, response: AdmissionResponse) -> Self {
+        self.outcome = outcome;
+        self.response.response = response;
+        self
+    }
+}
+
+/// Everything after the request is read: which requests are handled, the object, the decision, the patch.
+fn answer(
+    policy: &CompiledPolicy,
+    uid: String,
+    req: RequestIn<()>,
+    object: ObjectIn<'_>,
+) -> Reviewed {
+    let allow = AdmissionResponse::allow(uid.clone());
+    let mut out = Reviewed::start(uid);
+    out.namespace = req.namespace.unwrap_or_default();
+    out.name = req.name.unwrap_or_default();
+    out.operation = req.operation;
 
     if !(req.kind.group.is_empty() && req.kind.version == "v1" && req.kind.kind == "Service") {
         let k = format!("{}/{} {}", req.kind.group, req.kind.version, req.kind.kind);
-        return Ok(finish(
-            out,
+        return out.finish(
             Outcome::Skipped,
             allow.warn(format!(
                 "only core/v1 Services are handled, got {k}; allowed unchanged"
             )),
-        ));
+        );
     }
     if let Some(sub) = req.sub_resource.as_deref().filter(|s| !s.is_empty()) {
-        return Ok(finish(
-            out,
+        return out.finish(
             Outcome::Skipped,
             allow.warn(format!(
                 "subresource {sub:?} is not handled; allowed unchanged"
             )),
-        ));
+        );
     }
-    if req.operation != "CREATE" && req.operation != "UPDATE" {
-        let op = req.operation.clone();
-        return Ok(finish(
-            out,
+    if out.operation != "CREATE" && out.operation != "UPDATE" {
+        let op = out.operation.clone();
+        return out.finish(
             Outcome::Skipped,
             allow.warn(format!(
                 "operation {op} is not handled (only CREATE and UPDATE); allowed unchanged"
             )),
-        ));
+        );
     }
-    let svc: Service = match req.object.map(|o| serde_json::from_str::<Service>(o.get())) {
+    let decoded = match object {
+        ObjectIn::Decoded(svc) => svc.map(Ok),
+        ObjectIn::Raw(raw) => raw.map(|o| serde_json::from_str::<Service>(o.get())),
+    };
+    let svc: Service = match decoded {
         Some(Ok(svc)) if svc.metadata != Default::default() => svc,
         Some(Ok(_)) => {
-            return Ok(finish(
-                out,
+            return out.finish(
                 Outcome::Undecodable,
                 allow.warn("object has no metadata; Service allowed unchanged"),
-            ));
+            );
         }
         Some(Err(e)) => {
-            return Ok(finish(
-                out,
+            return out.finish(
                 Outcome::Undecodable,
                 allow.warn(format!(
                     "object is not a valid Service ({e}); allowed unchanged"
                 )),
-            ));
+            );
         }
         None => {
-            return Ok(finish(
-                out,
+            return out.finish(
                 Outcome::Undecodable,
                 allow.warn("request has no object; Service allowed unchanged"),
-            ));
+            );
         }
     };
     if out.name.is_empty() {
@@ -328,7 +427,7 @@ pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadReque
         }
     }
     out.decision = Some(decision);
-    Ok(finish(out, outcome, response))
+    out.finish(outcome, response)
 }
 
 #[cfg(test)]
@@ -528,5 +627,73 @@ mod tests {
             r.response.response.uid,
             "705ab4f5-6393-11e8-b7cc-42010a800002"
         );
+    }
+
+    #[test]
+    fn the_one_pass_path_answers_exactly_as_the_step_by_step_path() {
+        let p =
+            Policy::from_yaml("scope: cluster\nrules: [{name: grpc-ports, ports: {}}]\n").unwrap();
+        let p = p.compile();
+        let grpc = grpc_object();
+        let mut bodies: Vec<Vec<u8>> = vec![
+            include_bytes!("../tests/data/reviews/create-grpc-service.json").to_vec(),
+            include_bytes!("../tests/data/reviews/bench-service.json").to_vec(),
+        ];
+        for v in [
+            request("CREATE", grpc.clone()),
+            request("UPDATE", grpc.clone()),
+            request("DELETE", grpc.clone()),
+            request("CREATE", json!({"metadata": {}})),
+            request("CREATE", json!(null)),
+            request(
+                "CREATE",
+                json!({"metadata": {"name": "x"}, "spec": {"ports": "no"}}),
+            ),
+            {
+                let mut r = request("CREATE", grpc.clone());
+                r["request"]["kind"]["kind"] = json!("Pod");
+                r
+            },
+            {
+                let mut r = request("CREATE", grpc.clone());
+                r["request"]["subResource"] = json!("status");
+                r
+            },
+            {
+                let mut r = request("CREATE", grpc.clone());
+                r["request"]["operation"] = json!(7);
+                r
+            },
+            {
+                let mut r = request("CREATE", grpc.clone());
+                r["request"]["uid"] = json!("");
+                r
+            },
+        ] {
+            bodies.push(serde_json::to_vec(&v).unwrap());
+        }
+        for body in &bodies {
+            let fast = review(&p, body).map(|r| {
+                (
+                    r.response,
+                    r.outcome,
+                    r.uid,
+                    r.name,
+                    r.namespace,
+                    r.operation,
+                )
+            });
+            let slow = review_step_by_step(&p, body).map(|r| {
+                (
+                    r.response,
+                    r.outcome,
+                    r.uid,
+                    r.name,
+                    r.namespace,
+                    r.operation,
+                )
+            });
+            assert_eq!(fast, slow, "{}", String::from_utf8_lossy(body));
+        }
     }
 }

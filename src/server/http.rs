@@ -12,7 +12,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
-use tracing::Instrument;
 
 use super::metrics::{Metrics, ReviewLabels};
 use crate::admission::{self, Outcome};
@@ -114,6 +113,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 /// Reads the whole body, at most [`MAX_BODY_BYTES`], within the body timeout.
 async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    // A declared Content-Length over the limit is refused at once, before waiting for (or reading) the body.
+    if hyper::body::Body::size_hint(&body).lower() > MAX_BODY_BYTES as u64 {
+        state.metrics.error("body_too_large");
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
     let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
     match tokio::time::timeout(state.body_timeout, limited.collect()).await {
         Err(_) => {
@@ -144,83 +151,77 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
 async fn mutate(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(&state, body).await?;
     let started = Instant::now();
+    // Nothing below awaits: the review is answered synchronously, and its log line is written inside a `review`
+    // span created once with every field (recording fields into a span one by one costs a re-format each).
+    let reviewed = match admission::review(&state.policy, &bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.error("bad_request");
+            tracing::info_span!("review").in_scope(
+                || tracing::warn!(error = %e, "rejected a body that is not an AdmissionReview"),
+            );
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, e.0));
+        }
+    };
+    let decision = reviewed
+        .decision
+        .as_ref()
+        .map(|d| d.kind.as_str())
+        .unwrap_or("none");
     let span = tracing::info_span!(
         "review",
-        uid = tracing::field::Empty,
-        namespace = tracing::field::Empty,
-        name = tracing::field::Empty,
-        operation = tracing::field::Empty,
-        decision = tracing::field::Empty,
-        patched = tracing::field::Empty,
+        uid = reviewed.uid.as_str(),
+        namespace = reviewed.namespace.as_str(),
+        name = reviewed.name.as_str(),
+        operation = reviewed.operation.as_str(),
+        decision,
+        patched = reviewed.patched(),
     );
-    async move {
-        let reviewed = match admission::review(&state.policy, &bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                state.metrics.error("bad_request");
-                tracing::warn!(error = %e, "rejected a body that is not an AdmissionReview");
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, e.0));
-            }
-        };
-        let body = serde_json::to_vec(&reviewed.response).map_err(|e| {
-            state.metrics.error("encode");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("response could not be encoded: {e}"),
-            )
-        })?;
-        let span = tracing::Span::current();
-        let decision = reviewed
-            .decision
-            .as_ref()
-            .map(|d| d.kind.as_str())
-            .unwrap_or("none");
-        span.record("uid", reviewed.uid.as_str());
-        span.record("namespace", reviewed.namespace.as_str());
-        span.record("name", reviewed.name.as_str());
-        span.record("operation", reviewed.operation.as_str());
-        span.record("decision", decision);
-        span.record("patched", reviewed.patched());
-        state
-            .metrics
-            .reviews
-            .get_or_create(&ReviewLabels {
-                decision,
-                outcome: reviewed.outcome.as_str(),
-            })
-            .inc();
-        state
-            .metrics
-            .review_duration
-            .observe(started.elapsed().as_secs_f64());
-        let reason = reviewed
-            .decision
-            .as_ref()
-            .map(|d| d.reason.as_str())
-            .unwrap_or("");
-        match reviewed.outcome {
-            Outcome::Patched | Outcome::DryRun => {
-                tracing::info!(
-                    outcome = reviewed.outcome.as_str(),
-                    reason,
-                    "review answered"
-                )
-            }
-            Outcome::Skipped | Outcome::Undecodable => tracing::warn!(
+    let _entered = span.enter();
+    let body = serde_json::to_vec(&reviewed.response).map_err(|e| {
+        state.metrics.error("encode");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("response could not be encoded: {e}"),
+        )
+    })?;
+    state
+        .metrics
+        .reviews
+        .get_or_create(&ReviewLabels {
+            decision,
+            outcome: reviewed.outcome.as_str(),
+        })
+        .inc();
+    state
+        .metrics
+        .review_duration
+        .observe(started.elapsed().as_secs_f64());
+    let reason = reviewed
+        .decision
+        .as_ref()
+        .map(|d| d.reason.as_str())
+        .unwrap_or("");
+    match reviewed.outcome {
+        Outcome::Patched | Outcome::DryRun => {
+            tracing::info!(
                 outcome = reviewed.outcome.as_str(),
-                warnings = ?reviewed.response.response.warnings,
-                "allowed unchanged (fail open)"
-            ),
-            Outcome::Unchanged => {
-                tracing::debug!(
-                    outcome = reviewed.outcome.as_str(),
-                    reason,
-                    "review answered"
-                )
-            }
+                reason,
+                "review answered"
+            )
         }
-        Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        Outcome::Skipped | Outcome::Undecodable => tracing::warn!(
+            outcome = reviewed.outcome.as_str(),
+            warnings = ?reviewed.response.response.warnings,
+            "allowed unchanged (fail open)"
+        ),
+        Outcome::Unchanged => {
+            tracing::debug!(
+                outcome = reviewed.outcome.as_str(),
+                reason,
+                "review answered"
+            )
+        }
     }
-    .instrument(span)
-    .await
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
