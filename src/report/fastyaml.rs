@@ -39,13 +39,22 @@ pub(crate) fn parse(doc: &str) -> Option<Node<'_>> {
     let mut lines = Vec::with_capacity(doc.len() / 16);
     for raw in doc.lines() {
         let trimmed = raw.trim_start_matches(' ');
-        let text = trimmed.trim_end_matches([' ', '\r']);
+        let mut text = trimmed.trim_end_matches([' ', '\r']);
         if text.is_empty() || text.starts_with('#') {
             continue;
         }
-        // Tabs in indentation, and comments after content (a '#' after a space), are left to serde-saphyr.
-        if text.starts_with('\t') || text.contains(" #") || text.contains("\t") {
+        // Tabs are left to serde-saphyr.
+        if text.contains('\t') {
             return None;
+        }
+        // A comment after content (` #`) is cut when nothing before it is quoted; a quote before it could put
+        // the `#` inside a string, so such lines are left to serde-saphyr.
+        if let Some(p) = text.find(" #") {
+            let head = &text[..p];
+            if head.contains(['\'', '"']) {
+                return None;
+            }
+            text = head.trim_end_matches(' ');
         }
         lines.push(Line {
             indent: raw.len() - trimmed.len(),
@@ -493,6 +502,13 @@ mod tests {
     }
 
     #[test]
+    fn comments_after_unquoted_content_are_cut() {
+        let doc = "# head\nkind: Service # the kind\nmetadata: # meta\n  name: a#b # a name with a hash\nspec:\n  ports:\n  - port: 80 # http\n";
+        assert!(agree::<Service>(doc));
+        assert!(agree::<serde_json::Value>(doc));
+    }
+
+    #[test]
     fn indented_sequences_and_nested_items() {
         let doc = "a:\n  - x1\n  - x2\nb:\n- k: 1\n  l:\n  - - 2\n    - 3\n- \n- z\n";
         assert!(agree::<serde_json::Value>(doc));
@@ -501,7 +517,8 @@ mod tests {
     #[test]
     fn gives_up_on_what_it_does_not_handle() {
         for doc in [
-            "a: 1 # comment\n",
+            "a: 'x' # comment\n",
+            "a: it's # comment\n",
             "a: &x 1\nb: *x\n",
             "a: !tag x\n",
             "a: [1, 2]\n",

@@ -231,8 +231,11 @@ pub fn evaluate_service(
 
 /// Builds one entry, moving the Service's strings rather than copying them.
 pub fn entry(service: Service, decision: Decision, source: Option<String>) -> Entry {
-    let namespace = namespace_of(&service).to_string();
     let meta = service.metadata;
+    let namespace = meta
+        .namespace
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
     let name = meta.name.unwrap_or_default();
     let ports = service
         .spec
@@ -357,8 +360,18 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    write_report(&mut out, &report, args.output, colour)?;
-    out.flush().context("cannot write the report")?;
+    let written = write_report(&mut out, &report, args.output, colour)
+        .and_then(|()| out.flush().context("cannot write the report"));
+    if let Err(e) = written {
+        // `report | head` closes the pipe early: not an error of the report.
+        let broken_pipe = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<std::io::Error>())
+            .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+        if !broken_pipe {
+            return Err(e);
+        }
+    }
     if !report.errors.is_empty() {
         eprintln!(
             "error: {} input error{}: the report above lists only what could be read",

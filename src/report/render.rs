@@ -139,10 +139,33 @@ pub fn json(out: &mut dyn Write, report: &Report) -> std::io::Result<()> {
     writeln!(out)
 }
 
+/// Writes YAML through a `fmt::Write` adapter that keeps the writer's own I/O error (a closed pipe stays a
+/// closed pipe instead of becoming a serializer error).
+fn write_yaml<T: Serialize>(out: &mut dyn Write, value: &T) -> std::io::Result<()> {
+    struct Adapter<'a> {
+        out: &'a mut dyn Write,
+        error: Option<std::io::Error>,
+    }
+    impl std::fmt::Write for Adapter<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.out.write_all(s.as_bytes()).map_err(|e| {
+                self.error = Some(e);
+                std::fmt::Error
+            })
+        }
+    }
+    let mut adapter = Adapter { out, error: None };
+    let result = serde_saphyr::to_fmt_writer(&mut adapter, value);
+    match (adapter.error, result) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(std::io::Error::other(e)),
+        (None, Ok(())) => Ok(()),
+    }
+}
+
 /// The whole report as one YAML document.
 pub fn yaml(out: &mut dyn Write, report: &Report) -> std::io::Result<()> {
-    let mut out = out;
-    serde_saphyr::to_io_writer(&mut out, report).map_err(std::io::Error::other)
+    write_yaml(out, report)
 }
 
 fn md_escape(s: &str) -> String {
@@ -384,10 +407,9 @@ pub fn build_policy_reports(report: &Report) -> Vec<PolicyReport> {
 
 /// PolicyReports as a multi-document YAML stream, ready for `kubectl apply -f -`.
 pub fn policy_reports(out: &mut dyn Write, report: &Report) -> std::io::Result<()> {
-    let mut out = out;
     for r in build_policy_reports(report) {
         writeln!(out, "---")?;
-        serde_saphyr::to_io_writer(&mut out, &r).map_err(std::io::Error::other)?;
+        write_yaml(out, &r)?;
     }
     Ok(())
 }
