@@ -2,6 +2,9 @@
 //! response value out, serialized as the server does), on a small Service (1 port, 2 annotations) and a large one
 //! (100 ports, 50 annotations).
 //!
+//! Also the load-test review (tests/data/reviews/bench-service.json) through `admission::review` and through the
+//! step-by-step path it falls back to.
+//!
 //! Run: `cargo bench --bench evaluate` (numbers in BENCHMARKS.md).
 
 use std::collections::BTreeMap;
@@ -127,5 +130,26 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(evaluate, benches);
+/// The load-test body (tests/data/reviews/bench-service.json): the one-pass path that `review` takes for a
+/// well-formed review, against the step-by-step path it falls back to (what every review took before).
+fn load_test_body(c: &mut Criterion) {
+    let policy = policy();
+    let body = include_bytes!("../tests/data/reviews/bench-service.json");
+    let mut group = c.benchmark_group(format!("bench-service.json ({} B)", body.len()));
+    group.bench_function("admission::review (one pass)", |b| {
+        b.iter(|| admission::review(&policy, black_box(body)))
+    });
+    group.bench_function("admission::review_step_by_step", |b| {
+        b.iter(|| admission::review_step_by_step(&policy, black_box(body)))
+    });
+    group.bench_function("admission::review + encode", |b| {
+        b.iter(|| {
+            admission::review(&policy, black_box(body))
+                .map(|r| serde_json::to_vec(&r.response).unwrap_or_default())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(evaluate, benches, load_test_body);
 criterion_main!(evaluate);

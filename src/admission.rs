@@ -203,7 +203,10 @@ enum ObjectIn<'a> {
 /// envelope, then the uid alone, then the request, then the object, so that the uid is echoed and the warning
 /// says what is wrong. Both paths give the same answer: the fast path only succeeds where every step would.
 pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadRequest> {
-    if let Ok(fast) = serde_json::from_slice::<FastEnvelope>(body)
+    // Fields the webhook does not read are skipped without a UTF-8 check, so the whole body is checked first:
+    // the step-by-step path rejects invalid UTF-8 anywhere in the request, and the fast path must not be laxer.
+    if let Ok(text) = std::str::from_utf8(body)
+        && let Ok(fast) = serde_json::from_str::<FastEnvelope>(text)
         && fast.kind.as_deref() == Some(KIND)
         && fast.api_version.as_deref() == Some(API_VERSION)
         && fast.request.uid.as_deref().is_some_and(|u| !u.is_empty())
