@@ -9,8 +9,11 @@
 # generates certificates (serve's development CA), then drives each server over TLS on 127.0.0.1 with
 #   - HTTP/2: h2load, one thread; concurrency 1 = 1 connection x 1 stream, 16 = 4 x 4, 64 = 8 x 8;
 #   - HTTP/1.1 keep-alive: wrk, one thread, one request in flight per connection; concurrency = connections;
-#   - a fixed rate (LOAD_RATE, default 2000 reviews/s) over HTTP/2: h2load --rps, 4 connections each at
-#     LOAD_RATE/4 requests/s (h2load's own timer paces the requests; up to 8 streams in flight per connection).
+#   - a fixed rate (LOAD_RATE, default 2000 reviews/s) over HTTP/2, 4 connections, two ways:
+#     * benches/rate.rs, open loop: a pacing thread releases one request every 1/LOAD_RATE s, whatever the answers
+#       do, and latency is measured from the instant each request was due (the p99 check);
+#     * h2load --rps=LOAD_RATE/4 per connection (up to 8 streams each), shown for comparison: h2load releases
+#       its requests in bursts, so its latencies include the queue of each burst.
 # Each run is LOAD_DURATION seconds (default 10) after LOAD_WARMUP seconds (default 2) of warm-up; the baseline and
 # the webhook alternate, run after run. Latency percentiles are computed from every request of the measured
 # period (h2load --log-file; wrk's own histogram through a Lua `done` hook). RSS comes from /proc/PID/status:
@@ -43,6 +46,9 @@ WEBHOOK_BIN=$ROOT/target/release/lb-l7-webhook
 BASELINE_BIN=$(cargo bench --bench baseline_server --no-run 2>&1 | tee /dev/stderr | sed -n 's/.*Executable .*(\(.*baseline_server-[^)]*\)).*/\1/p' | tail -n1)
 [[ -x "$BASELINE_BIN" ]] || BASELINE_BIN=$ROOT/$BASELINE_BIN
 [[ -x "$BASELINE_BIN" ]] || { echo "load.sh: cannot find the baseline_server executable" >&2; exit 2; }
+RATE_BIN=$(cargo bench --bench rate --no-run 2>&1 | tee /dev/stderr | sed -n 's/.*Executable .*(\(.*rate-[^)]*\)).*/\1/p' | tail -n1)
+[[ -x "$RATE_BIN" ]] || RATE_BIN=$ROOT/$RATE_BIN
+[[ -x "$RATE_BIN" ]] || { echo "load.sh: cannot find the rate executable" >&2; exit 2; }
 
 WORK=$(mktemp -d)
 mkdir -p "$ROOT/target/load"
@@ -167,6 +173,23 @@ run_h1() {
     echo "load.sh: $label $server: $rps req/s, p99 $((p99)) us" >&2
 }
 
+# run_rate SERVER LABEL: benches/rate.rs at LOAD_RATE for RATE_DURATION seconds.
+run_rate() {
+    local server=$1 label=$2
+    local pid port t0 t1 sent ok failed rps p50 p99 p999 max cpu
+    pid=$(pid_of "$server")
+    port=$(port_of "$server")
+    t0=$(cpu_ticks "$pid")
+    read -r sent ok failed rps p50 p99 p999 max < <("$RATE_BIN" --connect "127.0.0.1:$port" --ca "$WORK/certs/ca.crt" \
+        --review "$REVIEW" --rate "$RATE" --duration "$RATE_DURATION" --warmup "$WARMUP" --connections 4 | sed -n 's/^RESULT //p')
+    t1=$(cpu_ticks "$pid")
+    cpu=$(awk -v d=$((t1 - t0)) -v t="$TICK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.0f", d / t * 1e6 / (n * (1 + '"$WARMUP"' / '"$RATE_DURATION"')); else print "-" }')
+    RPS[$label/$server]=$rps
+    [[ $server == webhook ]] && LABELS+=("$label")
+    ROWS+=("| $label | $server | $(printf '%.0f' "$rps") | $p50 | $p99 | $p999 | $ok | $failed | $cpu | $(mib "$(kib "$pid" VmHWM)") |")
+    echo "load.sh: $label $server: $rps req/s, p99 $p99 ms (max $max ms)" >&2
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for c in $CONCURRENCY; do
     case $c in
@@ -180,8 +203,9 @@ done
 for c in $CONCURRENCY; do
     for s in baseline webhook; do run_h1 "$s" "$c" "h1 c=$c"; done
 done
+for s in baseline webhook; do run_rate "$s" "h2 fixed $RATE/s (rate.rs, paced)"; done
 for s in baseline webhook; do
-    DURATION=$RATE_DURATION run_h2 "$s" 4 8 "h2 fixed $RATE/s" --rps=$((RATE / 4))
+    DURATION=$RATE_DURATION run_h2 "$s" 4 8 "h2 fixed $RATE/s (h2load --rps, bursty)" --rps=$((RATE / 4))
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 sleep 5
