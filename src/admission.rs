@@ -192,6 +192,8 @@ struct FastEnvelope<'a> {
 }
 
 /// The object of a request, decoded already (fast path) or still raw JSON text.
+// Built once per review and moved straight into `answer`: boxing the Service would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum ObjectIn<'a> {
     Decoded(Option<Service>),
     Raw(Option<&'a RawValue>),

@@ -1053,6 +1053,7 @@ async fn hostile_input_gets_a_well_formed_answer_and_the_server_keeps_serving() 
     let ca = server.ca.cert_pem.clone();
     let cases = hostile_cases();
     assert!(cases.len() >= 40, "{} cases", cases.len());
+    eprintln!("hostile input: {} cases", cases.len());
     let mut wrong = Vec::new();
     for case in &cases {
         let name = case.name.as_str();
