@@ -17,7 +17,6 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use super::duration::parse_duration;
 use super::pb::NewUser;
 use super::pb::goapp_client::GoappClient;
 use super::report::{self, Output, Report};
@@ -67,7 +66,7 @@ pub struct ClientArgs {
     pub requests: Option<u64>,
 
     /// Send calls for this long instead of a number of calls (e.g. 30s, 2m).
-    #[arg(long, short = 'd', env = "LB_L7_DEMO_DURATION", value_parser = parse_duration)]
+    #[arg(long, short = 'd', env = "LB_L7_DEMO_DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 
     /// Calls in flight at once, all on the same connection.
@@ -80,11 +79,11 @@ pub struct ClientArgs {
     pub rate: Option<f64>,
 
     /// How long connecting may take before the run fails.
-    #[arg(long, env = "LB_L7_DEMO_CONNECT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_L7_DEMO_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
     /// How long one call may take before it counts as failed (deadline exceeded).
-    #[arg(long, env = "LB_L7_DEMO_CALL_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_L7_DEMO_CALL_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
 
     /// Relative tolerance around the fair share for `balanced` (0.5 = each backend within ±50% of 1/n).

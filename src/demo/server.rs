@@ -15,7 +15,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use super::duration::parse_duration;
 use super::pb::goapp_server::{Goapp, GoappServer};
 use super::pb::{NewUser, User};
 
@@ -42,7 +41,7 @@ pub struct ServerArgs {
     pub name: Option<String>,
 
     /// On shutdown, how long in-flight calls may take before the server exits anyway.
-    #[arg(long, env = "LB_L7_DEMO_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_L7_DEMO_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
     /// Log level for this program (`debug` logs every call), or a full tracing EnvFilter (e.g. `info,h2=debug`).

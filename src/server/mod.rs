@@ -59,36 +59,16 @@ pub struct ServeArgs {
     pub certs_dir: PathBuf,
 
     /// How often the certificate files are re-read (rotation without a restart).
-    #[arg(long, env = "LB_L7_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_L7_CERT_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub cert_reload_interval: Duration,
 
     /// Longest time a client may take for the TLS handshake, for request headers, and for a request body.
-    #[arg(long, env = "LB_L7_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_L7_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub client_timeout: Duration,
 
     /// On SIGTERM, how long requests in flight may take to finish before the process exits anyway.
-    #[arg(long, env = "LB_L7_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "LB_L7_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
-}
-
-/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Reads and validates a policy file; the error names the file, the field and what is wrong.
