@@ -170,6 +170,31 @@ fn none<O>() -> Option<O> {
     None
 }
 
+impl<O> RequestIn<O> {
+    /// Splits off the uid and the object, leaving the fields [`answer`] reads.
+    fn split(self) -> (Option<String>, RequestIn<()>, Option<O>) {
+        let RequestIn {
+            uid,
+            kind,
+            sub_resource,
+            name,
+            namespace,
+            operation,
+            object,
+        } = self;
+        let rest = RequestIn {
+            uid: None,
+            kind,
+            sub_resource,
+            name,
+            namespace,
+            operation,
+            object: None,
+        };
+        (uid, rest, object)
+    }
+}
+
 #[derive(Deserialize)]
 struct Gvk {
     #[serde(default)]
@@ -213,24 +238,7 @@ pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadReque
         && fast.api_version.as_deref() == Some(API_VERSION)
         && fast.request.uid.as_deref().is_some_and(|u| !u.is_empty())
     {
-        let RequestIn {
-            uid,
-            kind,
-            sub_resource,
-            name,
-            namespace,
-            operation,
-            object,
-        } = fast.request;
-        let req = RequestIn {
-            uid: None,
-            kind,
-            sub_resource,
-            name,
-            namespace,
-            operation,
-            object: None::<()>,
-        };
+        let (uid, req, object) = fast.request.split();
         return Ok(answer(
             policy,
             uid.unwrap_or_default(),
@@ -275,24 +283,7 @@ pub fn review_step_by_step(policy: &CompiledPolicy, body: &[u8]) -> Result<Revie
             ));
         }
     };
-    let RequestIn {
-        kind,
-        sub_resource,
-        name,
-        namespace,
-        operation,
-        object,
-        ..
-    } = req;
-    let req = RequestIn {
-        uid: None,
-        kind,
-        sub_resource,
-        name,
-        namespace,
-        operation,
-        object: None::<()>,
-    };
+    let (_, req, object) = req.split();
     Ok(answer(policy, uid, req, ObjectIn::Raw(object)))
 }
 

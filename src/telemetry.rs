@@ -11,8 +11,10 @@ pub enum LogFormat {
 /// Installs the global subscriber: logs go to stderr, so stdout stays clean for reports and manifests.
 pub fn init(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only when a person reads the log on a terminal; never escape codes in a pod's log or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
