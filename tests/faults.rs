@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,8 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_l7_webhook::certs::{self, PemPair};
 use lb_l7_webhook::server::tls::TlsFiles;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,52 +30,6 @@ const UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------------------------
-
-/// A directory laid out like a mounted Secret (`tls.crt -> ..data/tls.crt`, `..data -> ..<version>`); `swap`
-/// replaces the `..data` symlink atomically, as the kubelet does.
-struct SecretVolume {
-    dir: PathBuf,
-    version: usize,
-}
-
-impl SecretVolume {
-    fn new(dir: &Path, pair: &PemPair) -> Self {
-        let mut v = SecretVolume {
-            dir: dir.to_path_buf(),
-            version: 0,
-        };
-        v.swap(pair);
-        for f in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
-        }
-        v
-    }
-
-    fn swap(&mut self, pair: &PemPair) {
-        self.version += 1;
-        let name = format!("..2026_11_24_faults_v{}", self.version);
-        let version_dir = self.dir.join(&name);
-        std::fs::create_dir(&version_dir).unwrap();
-        certs::write_file(&version_dir.join("tls.crt"), &pair.cert_pem, false).unwrap();
-        certs::write_file(&version_dir.join("tls.key"), &pair.key_pem, true).unwrap();
-        let tmp = self.dir.join("..data_tmp");
-        std::os::unix::fs::symlink(&name, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
-    }
-
-    fn files(&self) -> TlsFiles {
-        TlsFiles {
-            cert: self.dir.join("tls.crt"),
-            key: self.dir.join("tls.key"),
-        }
-    }
-}
-
-fn der(pem: &str) -> Vec<u8> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .unwrap()
-        .to_vec()
-}
 
 /// An HTTP/2 connection whose sender can be cloned, so several tasks share it (concurrent streams).
 async fn h2_sender(
@@ -295,20 +248,13 @@ async fn certificate_rotation_during_load_fails_no_request() {
         }));
     }
 
-    let served_cert = |addr| {
-        let trust = trust.clone();
-        async move {
-            let tls = tls_connect(addr, &trust, Proto::H2).await;
-            tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
-        }
-    };
-    assert_eq!(served_cert(server.addr).await, der(&first.cert_pem));
+    assert_eq!(served_cert(server.addr, &trust).await, der(&first.cert_pem));
     let rotations = [serving(&old_ca), serving(&old_ca), serving(&new_ca)];
     for (n, next) in rotations.iter().enumerate() {
         let before = ok.load(Ordering::Relaxed);
         volume.swap(next);
         let swapped = Instant::now();
-        while served_cert(server.addr).await != der(&next.cert_pem) {
+        while served_cert(server.addr, &trust).await != der(&next.cert_pem) {
             assert!(
                 swapped.elapsed() < Duration::from_secs(10),
                 "rotation {n}: new connections see the new certificate within 10 s"
@@ -327,7 +273,7 @@ async fn certificate_rotation_during_load_fails_no_request() {
     }
     assert_eq!(failures, Vec::<String>::new(), "no failed request");
     assert!(ok.load(Ordering::Relaxed) >= 150, "traffic flowed");
-    let text = String::from_utf8_lossy(&probe_get(server.probe, "/metrics").await.body).to_string();
+    let text = metrics_text(server.probe).await;
     assert_eq!(
         metric(
             &text,
@@ -656,7 +602,7 @@ async fn soak_100k_reviews_without_error_or_memory_growth() {
         "server RSS grew from {rss_warm} KiB to {rss_after} KiB (> 10%)"
     );
 
-    let text = String::from_utf8_lossy(&probe_get(server.probe, "/metrics").await.body).to_string();
+    let text = metrics_text(server.probe).await;
     let reviews: f64 = text
         .lines()
         .filter(|l| l.starts_with("lb_l7_webhook_reviews_total{"))

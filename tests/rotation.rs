@@ -3,75 +3,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 use lb_l7_webhook::certs::{self, PemPair};
-use lb_l7_webhook::server::tls::TlsFiles;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-
-/// A directory laid out like a mounted Secret: `tls.crt -> ..data/tls.crt`, `..data -> ..<version>`.
-struct SecretVolume {
-    dir: PathBuf,
-    version: usize,
-}
-
-impl SecretVolume {
-    fn new(dir: &Path, cert: &str, key: &str) -> Self {
-        let mut v = SecretVolume {
-            dir: dir.to_path_buf(),
-            version: 0,
-        };
-        v.swap(cert, key);
-        for f in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
-        }
-        v
-    }
-
-    /// Writes a new version directory, then renames a fresh symlink over `..data` (atomic, like the kubelet).
-    fn swap(&mut self, cert: &str, key: &str) {
-        self.version += 1;
-        let name = format!("..2026_11_24_v{}", self.version);
-        let version_dir = self.dir.join(&name);
-        std::fs::create_dir(&version_dir).unwrap();
-        certs::write_file(&version_dir.join("tls.crt"), cert, false).unwrap();
-        certs::write_file(&version_dir.join("tls.key"), key, true).unwrap();
-        let tmp = self.dir.join("..data_tmp");
-        std::os::unix::fs::symlink(&name, &tmp).unwrap();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
-    }
-
-    fn files(&self) -> TlsFiles {
-        TlsFiles {
-            cert: self.dir.join("tls.crt"),
-            key: self.dir.join("tls.key"),
-        }
-    }
-}
 
 fn serving(ca: &PemPair) -> PemPair {
     certs::issue_serving(ca, &["127.0.0.1".into()], 1).unwrap()
-}
-
-fn der(pem: &str) -> Vec<u8> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .unwrap()
-        .to_vec()
-}
-
-/// The certificate a new TLS connection is served.
-async fn served_cert(addr: std::net::SocketAddr, ca: &str) -> Vec<u8> {
-    let tls = tls_connect(addr, ca, Proto::H2).await;
-    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
-}
-
-async fn metrics_text(probe: std::net::SocketAddr) -> String {
-    String::from_utf8_lossy(&probe_get(probe, "/metrics").await.body).to_string()
 }
 
 #[tokio::test]
@@ -80,7 +20,7 @@ async fn rotation_under_traffic_fails_no_request_and_new_connections_get_the_new
     let dir = tempfile::tempdir().unwrap();
     let ca = certs::generate_ca("rotation CA", 1).unwrap();
     let first = serving(&ca);
-    let mut volume = SecretVolume::new(dir.path(), &first.cert_pem, &first.key_pem);
+    let mut volume = SecretVolume::new(dir.path(), &first);
     let server = start_with(config(cluster_policy(), volume.files()), ca.clone(), dir).await;
     assert_eq!(
         served_cert(server.addr, &ca.cert_pem).await,
@@ -130,7 +70,7 @@ async fn rotation_under_traffic_fails_no_request_and_new_connections_get_the_new
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let second = serving(&ca);
-    volume.swap(&second.cert_pem, &second.key_pem);
+    volume.swap(&second);
     let swapped = Instant::now();
     let mut seen_new = false;
     while swapped.elapsed() < Duration::from_secs(10) {
@@ -170,13 +110,16 @@ async fn broken_or_mismatched_new_files_are_rejected_and_the_old_certificate_sta
     let dir = tempfile::tempdir().unwrap();
     let ca = certs::generate_ca("rotation CA", 1).unwrap();
     let first = serving(&ca);
-    let mut volume = SecretVolume::new(dir.path(), &first.cert_pem, &first.key_pem);
+    let mut volume = SecretVolume::new(dir.path(), &first);
     let server = start_with(config(cluster_policy(), volume.files()), ca.clone(), dir).await;
 
     // A certificate with another certificate's key.
     let a = serving(&ca);
     let b = serving(&ca);
-    volume.swap(&a.cert_pem, &b.key_pem);
+    volume.swap(&PemPair {
+        cert_pem: a.cert_pem,
+        key_pem: b.key_pem,
+    });
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         served_cert(server.addr, &ca.cert_pem).await,
@@ -193,7 +136,10 @@ async fn broken_or_mismatched_new_files_are_rejected_and_the_old_certificate_sta
     );
 
     // Not PEM at all.
-    volume.swap("garbage", "more garbage");
+    volume.swap(&PemPair {
+        cert_pem: "garbage".into(),
+        key_pem: "more garbage".into(),
+    });
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         served_cert(server.addr, &ca.cert_pem).await,
@@ -213,7 +159,7 @@ async fn broken_or_mismatched_new_files_are_rejected_and_the_old_certificate_sta
 
     // A good pair again is picked up.
     let good = serving(&ca);
-    volume.swap(&good.cert_pem, &good.key_pem);
+    volume.swap(&good);
     let t = Instant::now();
     while served_cert(server.addr, &ca.cert_pem).await != der(&good.cert_pem) {
         assert!(

@@ -252,3 +252,62 @@ pub fn data_path(rel: &str) -> PathBuf {
         .join("tests/data")
         .join(rel)
 }
+
+/// A directory laid out like a mounted Secret (`tls.crt -> ..data/tls.crt`, `..data -> ..<version>`); `swap`
+/// replaces the `..data` symlink atomically, as the kubelet does.
+pub struct SecretVolume {
+    dir: PathBuf,
+    version: usize,
+}
+
+impl SecretVolume {
+    pub fn new(dir: &Path, pair: &PemPair) -> Self {
+        let mut v = SecretVolume {
+            dir: dir.to_path_buf(),
+            version: 0,
+        };
+        v.swap(pair);
+        for f in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
+        }
+        v
+    }
+
+    /// Writes a new version directory, then renames a fresh symlink over `..data`.
+    pub fn swap(&mut self, pair: &PemPair) {
+        self.version += 1;
+        let name = format!("..2026_11_24_v{}", self.version);
+        let version_dir = self.dir.join(&name);
+        std::fs::create_dir(&version_dir).unwrap();
+        certs::write_file(&version_dir.join("tls.crt"), &pair.cert_pem, false).unwrap();
+        certs::write_file(&version_dir.join("tls.key"), &pair.key_pem, true).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir.join("tls.crt"),
+            key: self.dir.join("tls.key"),
+        }
+    }
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// The certificate a new TLS connection is served.
+pub async fn served_cert(addr: SocketAddr, ca: &str) -> Vec<u8> {
+    let tls = tls_connect(addr, ca, Proto::H2).await;
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The probe port's `/metrics` text.
+pub async fn metrics_text(probe: SocketAddr) -> String {
+    String::from_utf8_lossy(&probe_get(probe, "/metrics").await.body).to_string()
+}
