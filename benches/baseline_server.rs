@@ -93,8 +93,8 @@ fn tls_config(args: &Args) -> anyhow::Result<rustls::ServerConfig> {
 fn canned_response(args: &Args) -> anyhow::Result<Bytes> {
     let review = std::fs::read(&args.review)
         .with_context(|| format!("{}: cannot read", args.review.display()))?;
-    let policy = lb_l7_webhook::policy::Policy::default().compile();
-    let reviewed = lb_l7_webhook::admission::review(&policy, &review)
+    let policy = lb_l7_core::policy::Policy::default().compile();
+    let reviewed = lb_l7_core::admission::review(&policy, &review)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.review.display()))?;
     Ok(Bytes::from(serde_json::to_vec(&reviewed.response)?))
 }

@@ -13,9 +13,9 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use lb_l7_webhook::admission;
-use lb_l7_webhook::patch::build_patch;
-use lb_l7_webhook::policy::{CompiledPolicy, NamespaceInfo, Policy};
+use lb_l7_core::admission;
+use lb_l7_core::patch::build_patch;
+use lb_l7_core::policy::{CompiledPolicy, NamespaceContext, Policy};
 
 /// A Service with `ports` ports (the last one named `grpc`, so every rule has to look at all of them) and
 /// `annotations` annotations.
@@ -98,7 +98,7 @@ fn benches(c: &mut Criterion) {
     for (label, ports, annotations) in [("small", 1, 2), ("large", 100, 50)] {
         let svc = service(ports, annotations);
         let body = review_body(&svc);
-        let ns = NamespaceInfo::new("shop", None);
+        let ns = NamespaceContext::scope_applied("shop");
         let decision = policy.evaluate(&svc, ns);
         assert_eq!(decision.kind.as_str(), "enable", "{label}: {decision:?}");
 

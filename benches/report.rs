@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lb_l7_webhook::policy::Policy;
+use lb_l7_core::policy::Policy;
 use lb_l7_webhook::report::{self, OutputFormat};
 
 const NAMESPACES: usize = 200;
@@ -63,7 +63,7 @@ fn multi_document_yaml(n: usize, flow: bool) -> String {
 fn json_list(n: usize) -> String {
     let yaml = multi_document_yaml(n, false);
     let mut items = Vec::with_capacity(n + NAMESPACES);
-    for (_, doc) in lb_l7_webhook::report::sources::split_yaml_documents(&yaml) {
+    for (_, doc) in lb_l7_webhook::input::manifests::split_yaml_documents(&yaml) {
         if doc.trim().is_empty() {
             continue;
         }

@@ -1,7 +1,8 @@
 //! `lb-l7-webhook backfill`: bring the Services that existed before the webhook into line.
 //!
-//! Lists Namespaces and Services in pages, evaluates each Service with [`crate::report::evaluate_service`] (the
-//! webhook's own evaluation, with the namespace's labels from the cluster), and patches every `enable` one with
+//! Reads Namespaces and Services in pages ([`crate::cluster::read_inventory`], the same read report and doctor
+//! make), evaluates each Service with the webhook's own evaluation and the namespace's labels from the cluster,
+//! and patches every `enable` one with
 //! [`patch::build_guarded_patch`]: the webhook's annotations behind a JSON Patch `test` of the annotations the
 //! Service had when it was read (or of its resourceVersion when it had none), so a concurrent change makes the
 //! patch fail instead of being overwritten.
@@ -13,24 +14,27 @@
 //! a second failure is reported. Any other 422 (the patched object is invalid: "Service \"x\" is invalid: ...")
 //! is reported at once. A Service deleted in the meantime (404) is counted as gone, not as a failure.
 //!
+//! When the Namespaces cannot be read (403), nothing is known of opt-in or opt-out labels: every Service is still
+//! evaluated and listed, as report and doctor list it, but none is patched (a writer never acts on a guess).
+//!
 //! `--dry-run` sends the patches with `dryRun=All`: the API server runs admission and validation and stores
 //! nothing. A policy in `dry-run` mode never patches: the backfill prints what enforce mode would do and exits 0.
 //! Exit status: 0 when every patch succeeded (or none was needed), 1 when any failed, 2 when the backfill could
 //! not run (no cluster, no permission to list).
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 
-use crate::patch;
-use crate::policy::{CompiledPolicy, Decision, DecisionKind, Mode, Policy};
-use crate::report::sources::{list_all, namespace_of};
-use crate::report::{Summary, evaluate_service};
+use crate::cluster::{Inventory, namespace_context};
+use crate::report::Summary;
+use lb_l7_core::namespace::{NamespaceLabels, namespace_of};
+use lb_l7_core::patch;
+use lb_l7_core::policy::{CompiledPolicy, Decision, DecisionKind, Mode, Policy};
 
 /// The field manager the backfill's patches are recorded under (`metadata.managedFields`).
 pub const FIELD_MANAGER: &str = "lb-l7-webhook-backfill";
@@ -76,6 +80,8 @@ pub enum Outcome {
     Gone,
     /// The patch failed; the message says why.
     Failed(String),
+    /// The namespace's labels could not be read, so the opt-in and opt-out labels are unknown: not patched.
+    NamespaceUnknown,
 }
 
 /// What a backfill did, in numbers.
@@ -90,6 +96,8 @@ pub struct BackfillSummary {
     pub skipped_after_reread: usize,
     pub gone: usize,
     pub failed: usize,
+    /// Not patched because the Namespaces could not be read.
+    pub namespace_unknown: usize,
 }
 
 /// Whether a patch error means the Service changed under us: HTTP 409, or HTTP 422 from a failed `test` op.
@@ -130,35 +138,20 @@ pub async fn backfill(
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<BackfillSummary> {
     let compiled = policy.compile();
-    let ns_api: Api<Namespace> = Api::all(client.clone());
-    let namespaces: Vec<Namespace> = match options.namespace.as_deref() {
-        Some(ns) => vec![
-            ns_api
-                .get(ns)
-                .await
-                .with_context(|| format!("cannot read namespace {ns}"))?,
-        ],
-        None => list_all(&ns_api, options.page_size)
-            .await
-            .context("cannot list namespaces")?,
-    };
-    let labels: HashMap<String, BTreeMap<String, String>> = namespaces
-        .into_iter()
-        .filter_map(|ns| {
-            let name = ns.metadata.name?;
-            Some((name, ns.metadata.labels.unwrap_or_default()))
-        })
-        .collect();
-    let list_api: Api<Service> = match options.namespace.as_deref() {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let mut services = list_all(&list_api, options.page_size)
-        .await
-        .context("cannot list Services")?;
+    let inventory =
+        crate::cluster::read_inventory(&client, options.namespace.as_deref(), options.page_size)
+            .await?;
+    let mut services = inventory.services()?.to_vec();
+    if let crate::cluster::Lookup::Unreadable(why) = &inventory.namespaces {
+        writeln!(
+            out,
+            "cannot read Namespaces ({why}): their opt-in and opt-out labels are unknown, so no Service is patched; \
+             grant list on namespaces"
+        )?;
+    }
     services.sort_by(|a, b| {
-        (namespace_of(a), a.metadata.name.as_deref())
-            .cmp(&(namespace_of(b), b.metadata.name.as_deref()))
+        (namespace_of(&a.metadata), a.metadata.name.as_deref())
+            .cmp(&(namespace_of(&b.metadata), b.metadata.name.as_deref()))
     });
 
     let params = PatchParams {
@@ -175,20 +168,23 @@ pub async fn backfill(
     }
     let mut summary = BackfillSummary::default();
     for svc in &services {
-        let decision = evaluate_service(&compiled, svc, &labels, true);
+        let context = inventory.context(svc);
+        let decision = compiled.evaluate(svc, context);
         summary
             .decisions
             .record(decision.kind, !decision.warnings.is_empty());
         if decision.kind != DecisionKind::Enable {
             continue;
         }
-        let ns = namespace_of(svc).to_string();
+        let ns = namespace_of(&svc.metadata).to_string();
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let outcome = if policy_dry_run {
+        let outcome = if matches!(context.labels, NamespaceLabels::Unknown(_)) {
+            Outcome::NamespaceUnknown
+        } else if policy_dry_run {
             Outcome::NotSent
         } else {
             let api: Api<Service> = Api::namespaced(client.clone(), &ns);
-            patch_service(&api, &compiled, svc, &decision, &labels, &params).await
+            patch_service(&api, &compiled, svc, &decision, &inventory, &params).await
         };
         report_outcome(
             out,
@@ -211,6 +207,7 @@ pub async fn backfill(
             Outcome::SkippedAfterReread(_) => summary.skipped_after_reread += 1,
             Outcome::Gone => summary.gone += 1,
             Outcome::Failed(_) => summary.failed += 1,
+            Outcome::NamespaceUnknown => summary.namespace_unknown += 1,
         }
     }
     writeln!(
@@ -227,7 +224,7 @@ async fn patch_service(
     policy: &CompiledPolicy,
     svc: &Service,
     decision: &Decision,
-    labels: &HashMap<String, BTreeMap<String, String>>,
+    inventory: &Inventory,
     params: &PatchParams,
 ) -> Outcome {
     let name = svc.metadata.name.as_deref().unwrap_or_default();
@@ -257,7 +254,10 @@ async fn patch_service(
             ));
         }
     };
-    let again = evaluate_service(policy, &fresh, labels, true);
+    let again = policy.evaluate(
+        &fresh,
+        namespace_context(namespace_of(&fresh.metadata), &inventory.namespaces),
+    );
     if again.kind != DecisionKind::Enable {
         return Outcome::SkippedAfterReread(again.kind);
     }
@@ -326,6 +326,10 @@ fn report_outcome(
             "skipped {ns}/{name}: it changed since it was listed, and is now {kind}"
         )?,
         Outcome::Gone => writeln!(out, "skipped {ns}/{name}: deleted since it was listed")?,
+        Outcome::NamespaceUnknown => writeln!(
+            out,
+            "skipped {ns}/{name}: the labels of namespace {ns} are unknown (Namespaces not readable): {adds} not added"
+        )?,
         Outcome::Failed(why) => {
             writeln!(out, "FAILED {ns}/{name}: {why}")?;
             tracing::error!(namespace = ns, service = name, error = %why, "patch failed");
@@ -368,6 +372,12 @@ fn summary_line(s: &BackfillSummary, server_dry_run: bool, policy_dry_run: bool)
             line.push_str(&format!(", {} deleted meanwhile", s.gone));
         }
     }
+    if s.namespace_unknown > 0 {
+        line.push_str(&format!(
+            ", {} not patched (namespace labels unknown)",
+            s.namespace_unknown
+        ));
+    }
     line.push_str(&format!(
         "; unchanged: {} already-enabled, {} opted-out, {} excluded-namespace, {} no-match, {} not-applicable",
         d.already_enabled, d.opted_out, d.excluded_namespace, d.no_match, d.not_applicable
@@ -377,7 +387,7 @@ fn summary_line(s: &BackfillSummary, server_dry_run: bool, policy_dry_run: bool)
 
 /// The `backfill` subcommand.
 pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
-    let policy = crate::server::load_policy(args.policy.as_deref())?;
+    let policy = crate::input::load_policy(args.policy.as_deref())?;
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client from kubeconfig or the in-cluster config")?;

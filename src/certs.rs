@@ -225,7 +225,7 @@ pub struct CertsArgs {
     pub service: String,
 
     /// Namespace of the webhook's Service.
-    #[arg(long, env = "LB_L7_CERTS_NAMESPACE", default_value = crate::policy::WEBHOOK_NAMESPACE)]
+    #[arg(long, env = "LB_L7_CERTS_NAMESPACE", default_value = lb_l7_core::policy::WEBHOOK_NAMESPACE)]
     pub namespace: String,
 
     /// Directory for ca.crt, ca.key, tls.crt and tls.key.

@@ -1,17 +1,16 @@
 //! lb-l7-webhook: turns on Cilium's per-request (L7) load balancing for gRPC Services.
 //!
-//! Pure core: [`policy`] (what to do with a Service, and why), [`patch`] (the annotations and JSON Patch that do it)
-//! and [`admission`] (AdmissionReview in, AdmissionReview out). Every edge (the HTTPS server, the report, the
-//! backfill) calls the same core, so they never disagree about a Service.
+//! The decisions live in the pure core, [`lb_l7_core`]; this crate holds the edges that do IO and call it:
+//! [`cluster`] (every Kubernetes API call), [`input`] (files and manifests), and one module per subcommand
+//! ([`server`], [`report`], [`backfill`], [`manifests`], [`certs`], [`doctor`]). Imports run one way:
+//! subcommands -> cluster / input -> core. ARCHITECTURE.md has the map.
 
-pub mod admission;
 pub mod backfill;
 pub mod certs;
-pub mod demo;
+pub mod cluster;
 pub mod doctor;
+pub mod input;
 pub mod manifests;
-pub mod patch;
-pub mod policy;
 pub mod report;
 pub mod server;
 pub mod telemetry;

@@ -8,8 +8,8 @@
 mod support;
 
 use http::StatusCode;
+use lb_l7_core::policy::Policy;
 use lb_l7_webhook::backfill::{self, BackfillSummary, Options};
-use lb_l7_webhook::policy::Policy;
 use serde_json::{Value, json};
 use support::*;
 

@@ -11,7 +11,7 @@ fn dir() -> PathBuf {
 
 fn docs(file: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(dir().join(file)).expect("read");
-    lb_l7_webhook::report::sources::split_yaml_documents(&text)
+    lb_l7_webhook::input::manifests::split_yaml_documents(&text)
         .filter(|(_, d)| {
             d.lines()
                 .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))

@@ -18,8 +18,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
-use lb_l7_webhook::manifests::{CaSource, RenderOptions, render_webhook_configuration};
-use lb_l7_webhook::policy::Policy;
+use lb_l7_core::policy::Policy;
+use lb_l7_core::render::{CaSource, RenderOptions, render_webhook_configuration};
 use lb_l7_webhook::server::ServeArgs;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -541,7 +541,7 @@ fn the_webhook_never_sees_its_own_namespace() {
 
 #[test]
 fn overlay_modes_and_scopes_are_what_their_names_say() {
-    use lb_l7_webhook::policy::{Mode, Scope};
+    use lb_l7_core::policy::{Mode, Scope};
     let expect = [
         ("cluster-wide", Scope::Cluster, Mode::Enforce),
         ("namespace-opt-in", Scope::NamespaceOptIn, Mode::Enforce),

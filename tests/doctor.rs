@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::client::Body;
+use lb_l7_core::policy::{DEFAULT_POLICY_YAML, Policy};
+use lb_l7_core::render::{CaSource, RenderOptions, render_webhook_configuration};
 use lb_l7_webhook::doctor::{self, DiagnoseOptions, FetchError, Output, Report, Status};
-use lb_l7_webhook::manifests::{CaSource, RenderOptions, render_webhook_configuration};
-use lb_l7_webhook::policy::{DEFAULT_POLICY_YAML, Policy};
 use serde_json::{Value, json};
 
 /// 2030-01-01T00:00:00Z: the tests' "now", so certificate expiry is deterministic.
@@ -213,6 +213,7 @@ fn options() -> DiagnoseOptions {
         webhook_namespace: "lb-l7-system".into(),
         policy_configmap: "lb-l7-webhook-policy".into(),
         namespace: None,
+        page_size: 500,
         now: NOW,
     }
 }

@@ -949,7 +949,7 @@ fn check(expect: &Expect, status: u16, body: &[u8], sent: Option<&[u8]>) -> Resu
         }
         Expect::Patched => {
             check(&review(), status, body, sent)?;
-            let review: lb_l7_webhook::admission::ReviewResponse =
+            let review: lb_l7_core::admission::ReviewResponse =
                 serde_json::from_slice(body).map_err(|e| e.to_string())?;
             let patch = review
                 .response
@@ -1089,15 +1089,15 @@ fn regressions(target: &str) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn admission_fuzz_findings_stay_fixed() {
     let policies = [
-        lb_l7_webhook::policy::Policy::default().compile(),
+        lb_l7_core::policy::Policy::default().compile(),
         cluster_policy().compile(),
     ];
     let files = regressions("admission");
     assert!(!files.is_empty());
     for (name, bytes) in files {
         for policy in &policies {
-            let fast = lb_l7_webhook::admission::review(policy, &bytes);
-            let reference = lb_l7_webhook::admission::review_step_by_step(policy, &bytes);
+            let fast = lb_l7_core::admission::review(policy, &bytes);
+            let reference = lb_l7_core::admission::review_step_by_step(policy, &bytes);
             match (&fast, &reference) {
                 (Ok(a), Ok(b)) => {
                     assert_eq!(a.response, b.response, "{name}");
@@ -1119,7 +1119,7 @@ fn policy_fuzz_findings_stay_fixed() {
         let Ok(text) = std::str::from_utf8(&bytes) else {
             continue;
         };
-        if let Ok(policy) = lb_l7_webhook::policy::Policy::from_yaml(text) {
+        if let Ok(policy) = lb_l7_core::policy::Policy::from_yaml(text) {
             let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
                 "metadata": {"name": "api", "namespace": "apps"},
                 "spec": {"ports": [{"name": "grpc", "port": 50051}]}
@@ -1128,9 +1128,9 @@ fn policy_fuzz_findings_stay_fixed() {
             let compiled = policy.compile();
             let decision = compiled.evaluate(
                 &svc,
-                lb_l7_webhook::policy::NamespaceInfo::new("apps", None),
+                lb_l7_core::policy::NamespaceContext::scope_applied("apps"),
             );
-            let _ = lb_l7_webhook::patch::build_patch(&svc, &decision, &compiled.policy);
+            let _ = lb_l7_core::patch::build_patch(&svc, &decision, &compiled.policy);
             eprintln!("{name}: {:?}", decision.kind);
         }
     }

@@ -5,15 +5,15 @@
 #[path = "backfill_support/mod.rs"]
 mod support;
 
-use lb_l7_webhook::policy::{DecisionKind, Policy};
-use lb_l7_webhook::report::{self, sources};
+use lb_l7_core::policy::{DecisionKind, Policy};
+use lb_l7_webhook::report::{self, read_cluster};
 use serde_json::json;
 use support::*;
 
 #[tokio::test]
 async fn pages_every_list_and_evaluates_with_cluster_namespace_labels() {
     let (client, mut handle) = mock_client();
-    let task = tokio::spawn(async move { sources::read_cluster(client, None, 2).await });
+    let task = tokio::spawn(async move { read_cluster(&client, None, 2).await });
 
     // Namespaces: two pages.
     let req = next(&mut handle).await;
@@ -120,7 +120,7 @@ async fn pages_every_list_and_evaluates_with_cluster_namespace_labels() {
 #[tokio::test]
 async fn one_namespace_gets_that_namespace_and_lists_its_services() {
     let (client, mut handle) = mock_client();
-    let task = tokio::spawn(async move { sources::read_cluster(client, Some("apps"), 500).await });
+    let task = tokio::spawn(async move { read_cluster(&client, Some("apps"), 500).await });
     let req = next(&mut handle).await;
     req.assert("GET", "/api/v1/namespaces/apps");
     req.ok(namespace("apps", json!({"lb-l7-webhook/enabled": "true"})));
@@ -138,16 +138,57 @@ async fn one_namespace_gets_that_namespace_and_lists_its_services() {
 }
 
 #[tokio::test]
-async fn a_list_error_names_what_could_not_be_listed() {
+async fn unreadable_namespaces_leave_every_namespace_unknown_and_the_services_still_listed() {
     let (client, mut handle) = mock_client();
-    let task = tokio::spawn(async move { sources::read_cluster(client, None, 500).await });
+    let task = tokio::spawn(async move { read_cluster(&client, None, 500).await });
     next(&mut handle).await.answer(
         http::StatusCode::FORBIDDEN,
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
             "message": "namespaces is forbidden: User \"x\" cannot list resource \"namespaces\""}),
     );
+    let req = next(&mut handle).await;
+    req.assert("GET", "/api/v1/services");
+    req.ok(page(
+        "ServiceList",
+        vec![service("apps", "api", None, grpc_ports())],
+        None,
+    ));
+    let inv = task.await.expect("task").expect("services were readable");
+    assert_eq!(
+        inv.namespace_source,
+        lb_l7_webhook::input::manifests::NamespaceSource::Unreadable
+    );
+    let mut policy = Policy::default();
+    policy.scope = lb_l7_core::policy::Scope::Cluster;
+    let r = report::build_report(&policy.compile(), inv);
+    let e = &r.services[0];
+    assert!(
+        e.warnings
+            .iter()
+            .any(|w| w.contains("Namespaces could not be read")),
+        "{:?}",
+        e.warnings
+    );
+}
+
+#[tokio::test]
+async fn a_service_list_error_names_what_could_not_be_listed() {
+    let (client, mut handle) = mock_client();
+    let task = tokio::spawn(async move { read_cluster(&client, None, 500).await });
+    let req = next(&mut handle).await;
+    req.assert("GET", "/api/v1/namespaces");
+    req.ok(page(
+        "NamespaceList",
+        vec![namespace("apps", json!({}))],
+        None,
+    ));
+    next(&mut handle).await.answer(
+        http::StatusCode::FORBIDDEN,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "services is forbidden: User \"x\" cannot list resource \"services\""}),
+    );
     let err = task.await.expect("task").expect_err("forbidden");
     let text = format!("{err:#}");
-    assert!(text.contains("cannot list namespaces"), "{text}");
+    assert!(text.contains("cannot list Services"), "{text}");
     assert!(text.contains("forbidden"), "{text}");
 }

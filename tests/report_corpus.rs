@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use lb_l7_webhook::policy::{DecisionKind, Policy};
-use lb_l7_webhook::report::sources::Inventory;
+use lb_l7_core::policy::{DecisionKind, Policy};
+use lb_l7_webhook::input::manifests::Inventory;
 use lb_l7_webhook::report::{self, Entry};
 
 const DECISION: &str = "lb-l7-webhook.test/decision";

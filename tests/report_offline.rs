@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use lb_l7_webhook::policy::{DecisionKind, Policy};
+use lb_l7_core::policy::{DecisionKind, Policy};
 use lb_l7_webhook::report::render::{self, PolicyReport, ResultKind};
 use lb_l7_webhook::report::{self, OutputFormat, Report};
 
@@ -240,7 +240,7 @@ fn markdown_has_the_table_header_and_escapes_pipes() {
 }
 
 fn policy_reports(text: &str) -> Vec<PolicyReport> {
-    lb_l7_webhook::report::sources::split_yaml_documents(text)
+    lb_l7_webhook::input::manifests::split_yaml_documents(text)
         .filter(|(_, d)| !d.trim().is_empty())
         .map(|(_, d)| serde_saphyr::from_str::<PolicyReport>(d).expect("a PolicyReport"))
         .collect()

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lb_l7_webhook::admission::ReviewResponse;
+use lb_l7_core::admission::ReviewResponse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Decodes the review, applies its patch to the request's object as the API server does, and returns both.

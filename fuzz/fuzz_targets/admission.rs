@@ -5,8 +5,8 @@
 
 use std::sync::LazyLock;
 
-use lb_l7_webhook::admission;
-use lb_l7_webhook::policy::{CompiledPolicy, Policy};
+use lb_l7_core::admission;
+use lb_l7_core::policy::{CompiledPolicy, Policy};
 use libfuzzer_sys::fuzz_target;
 
 static POLICIES: LazyLock<Vec<CompiledPolicy>> = LazyLock::new(|| {

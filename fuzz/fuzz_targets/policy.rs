@@ -7,8 +7,8 @@ use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use lb_l7_webhook::patch::build_patch;
-use lb_l7_webhook::policy::{NamespaceInfo, Policy};
+use lb_l7_core::patch::build_patch;
+use lb_l7_core::policy::{NamespaceContext, Policy};
 use libfuzzer_sys::fuzz_target;
 
 static SERVICES: LazyLock<Vec<Service>> = LazyLock::new(|| {
@@ -72,9 +72,9 @@ fuzz_target!(|data: &[u8]| {
         [("lb-l7-webhook/enabled".to_string(), "true".to_string())].into();
     for svc in SERVICES.iter() {
         for ns in [
-            NamespaceInfo::new("apps", None),
-            NamespaceInfo::new("apps", Some(&ns_labels)),
-            NamespaceInfo::new("kube-system", None),
+            NamespaceContext::scope_applied("apps"),
+            NamespaceContext::known("apps", &ns_labels),
+            NamespaceContext::scope_applied("kube-system"),
         ] {
             let decision = compiled.evaluate(svc, ns);
             let _ = build_patch(svc, &decision, &compiled.policy);

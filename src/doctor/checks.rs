@@ -11,11 +11,12 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebho
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use lb_l7_core::namespace::namespace_of;
 use serde::Serialize;
 
-use crate::policy::{
-    self, CompiledPolicy, DecisionKind, ENABLED_VALUE, LEGACY_ANNOTATION_KEY, Mode, NamespaceInfo,
-    Policy, Scope,
+use lb_l7_core::policy::{
+    self, CompiledPolicy, DecisionKind, ENABLED_VALUE, LEGACY_ANNOTATION_KEY, Mode,
+    NamespaceContext, Policy, Scope,
 };
 
 /// The key of the webhook's policy in its ConfigMap (the file name `serve --policy` reads).
@@ -180,24 +181,7 @@ impl Report {
     }
 }
 
-/// The outcome of reading one object (or list) from the cluster.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lookup<T> {
-    Found(T),
-    /// 404: the object, or for a list the resource type (a CRD that is not installed), does not exist.
-    Missing,
-    /// Any other answer from the API server, e.g. 403 when RBAC does not allow the read. The text says why.
-    Unreadable(String),
-}
-
-impl<T> Lookup<T> {
-    pub fn found(&self) -> Option<&T> {
-        match self {
-            Lookup::Found(t) => Some(t),
-            _ => None,
-        }
-    }
-}
+pub use crate::cluster::Lookup;
 
 /// What the doctor read from the cluster. Built by [`super::fetch::fetch`]; tests build it by hand.
 #[derive(Debug, Clone)]
@@ -215,7 +199,7 @@ pub struct ClusterState {
     /// Services (all namespaces, or `--namespace`).
     pub services: Lookup<Vec<Service>>,
     /// Namespace labels by namespace name (for the policy's scope).
-    pub namespaces: Lookup<BTreeMap<String, BTreeMap<String, String>>>,
+    pub namespaces: Lookup<crate::cluster::NamespaceLabelMap>,
     /// CiliumEnvoyConfigs as (namespace, name). `Missing` when the CRD is not installed.
     pub envoy_configs: Lookup<BTreeSet<(String, String)>>,
 }
@@ -329,6 +313,8 @@ pub struct DiagnoseOptions {
     pub policy_configmap: String,
     /// Only Services of this namespace (the Cilium and webhook checks are cluster-wide).
     pub namespace: Option<String>,
+    /// Items per list call.
+    pub page_size: u32,
     /// Now, as Unix seconds (for certificate expiry).
     pub now: i64,
 }
@@ -371,7 +357,6 @@ pub fn diagnose(
     // The effect.
     let policy = policy.unwrap_or_default();
     let compiled = policy.compile();
-    let ns_labels = state.namespaces.found();
     match &state.services {
         Lookup::Found(_) => {
             checks.push(check_envoy_configs(
@@ -382,7 +367,7 @@ pub fn diagnose(
             checks.push(check_legacy_annotation(services, &policy));
             checks.push(check_annotation_case(services, &policy));
             checks.push(check_pitfalls(services, &compiled));
-            checks.push(check_not_annotated(services, &compiled, ns_labels));
+            checks.push(check_not_annotated(services, &compiled, &state.namespaces));
         }
         Lookup::Missing | Lookup::Unreadable(_) => {
             let why = match &state.services {
@@ -403,7 +388,7 @@ pub fn diagnose(
 fn namespaced(svc: &Service) -> String {
     format!(
         "{}/{}",
-        svc.metadata.namespace.as_deref().unwrap_or("default"),
+        namespace_of(&svc.metadata),
         svc.metadata.name.as_deref().unwrap_or("")
     )
 }
@@ -649,44 +634,6 @@ fn webhooks(mwc: &MutatingWebhookConfiguration) -> &[MutatingWebhook] {
     mwc.webhooks.as_deref().unwrap_or(&[])
 }
 
-/// A certificate of a caBundle, reduced to what the check reports.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BundleCert {
-    pub subject: String,
-    pub not_before: i64,
-    pub not_after: i64,
-}
-
-/// Parses a caBundle (PEM, as the API server stores it). Errors say what is wrong, in words.
-pub fn parse_ca_bundle(bundle: &[u8]) -> Result<Vec<BundleCert>, String> {
-    if bundle.iter().all(u8::is_ascii_whitespace) {
-        return Err("caBundle is empty".into());
-    }
-    let mut certs = Vec::new();
-    for (i, pem) in x509_parser::pem::Pem::iter_from_buffer(bundle).enumerate() {
-        let pem = pem.map_err(|e| format!("caBundle PEM block {} does not parse: {e}", i + 1))?;
-        if pem.label != "CERTIFICATE" {
-            return Err(format!(
-                "caBundle PEM block {} is a {:?}, not a CERTIFICATE",
-                i + 1,
-                pem.label
-            ));
-        }
-        let cert = pem
-            .parse_x509()
-            .map_err(|e| format!("caBundle certificate {} does not parse: {e}", i + 1))?;
-        certs.push(BundleCert {
-            subject: cert.subject().to_string(),
-            not_before: cert.validity().not_before.timestamp(),
-            not_after: cert.validity().not_after.timestamp(),
-        });
-    }
-    if certs.is_empty() {
-        return Err("caBundle holds no PEM certificate".into());
-    }
-    Ok(certs)
-}
-
 /// `2026-03-01` for a Unix time.
 pub fn date(unix: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(unix) {
@@ -736,7 +683,7 @@ pub fn check_ca_bundle(mwc: &MutatingWebhookConfiguration, now: i64) -> Check {
             .as_ref()
             .map(|b| b.0.as_slice())
             .unwrap_or(&[]);
-        let certs = match parse_ca_bundle(bundle) {
+        let certs = match lb_l7_core::cabundle::parse_ca_bundle(bundle) {
             Ok(certs) => certs,
             Err(e) => {
                 let why = if bundle.is_empty() && cert_manager.is_some() {
@@ -754,7 +701,7 @@ pub fn check_ca_bundle(mwc: &MutatingWebhookConfiguration, now: i64) -> Check {
                 );
             }
         };
-        let valid: Vec<&BundleCert> = certs
+        let valid: Vec<&lb_l7_core::cabundle::BundleCert> = certs
             .iter()
             .filter(|c| c.not_before <= now && now < c.not_after)
             .collect();
@@ -1103,8 +1050,10 @@ fn widened(policy: &CompiledPolicy) -> CompiledPolicy {
 
 /// The decision for an annotated Service, from the pure core.
 fn annotated_decision(policy: &CompiledPolicy, svc: &Service) -> policy::Decision {
-    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-    policy.evaluate(svc, NamespaceInfo::new(ns, None))
+    policy.evaluate(
+        svc,
+        NamespaceContext::scope_applied(namespace_of(&svc.metadata)),
+    )
 }
 
 /// For every Service annotated `enabled`, Cilium's operator made the CiliumEnvoyConfig `cilium-envoy-lb-<name>`.
@@ -1156,11 +1105,7 @@ pub fn check_envoy_configs(
     let missing: Vec<String> = annotated
         .iter()
         .filter(|s| {
-            let ns = s
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
+            let ns = namespace_of(&s.metadata).to_string();
             let name = policy::cilium_envoy_config_name(s.metadata.name.as_deref().unwrap_or(""));
             !cecs.contains(&(ns, name))
         })
@@ -1320,7 +1265,7 @@ pub fn check_pitfalls(services: &[Service], policy: &CompiledPolicy) -> Check {
 pub fn check_not_annotated(
     services: &[Service],
     policy: &CompiledPolicy,
-    namespaces: Option<&BTreeMap<String, BTreeMap<String, String>>>,
+    namespaces: &Lookup<crate::cluster::NamespaceLabelMap>,
 ) -> Check {
     let c = Check::build(
         "effect.not-annotated",
@@ -1330,9 +1275,8 @@ pub fn check_not_annotated(
     let pending: Vec<String> = services
         .iter()
         .filter(|svc| {
-            let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-            let labels = namespaces.and_then(|n| n.get(ns));
-            policy.evaluate(svc, NamespaceInfo::new(ns, labels)).kind == DecisionKind::Enable
+            let ns = crate::cluster::namespace_context(namespace_of(&svc.metadata), namespaces);
+            policy.evaluate(svc, ns).kind == DecisionKind::Enable
         })
         .map(namespaced)
         .collect();
@@ -1368,18 +1312,6 @@ mod tests {
         assert_eq!(parse_l7_ports("50051,8080, 50051"), vec![8080, 50051]);
         assert_eq!(parse_l7_ports("  "), Vec::<i32>::new());
         assert_eq!(parse_l7_ports("grpc 9000"), vec![9000]);
-    }
-
-    #[test]
-    fn ca_bundle_errors_say_what_is_wrong() {
-        assert_eq!(parse_ca_bundle(b""), Err("caBundle is empty".to_string()));
-        assert_eq!(
-            parse_ca_bundle(b"not pem at all"),
-            Err("caBundle holds no PEM certificate".to_string())
-        );
-        let key = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-        let err = parse_ca_bundle(key).expect_err("a key is not a CA");
-        assert!(err.contains("not a CERTIFICATE"), "{err}");
     }
 
     fn requirement(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {

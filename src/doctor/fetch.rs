@@ -6,37 +6,20 @@
 //! Only errors that mean "no usable API server" (transport errors, 401) end the run: [`FetchError`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectList};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+
+use crate::cluster::{ClusterError, Lookup, lookup as classify, paged, read_inventory};
 
 use super::checks::{
     CILIUM_CONFIG_NAME, CILIUM_CONFIG_NAMESPACE, ClusterState, DiagnoseOptions, ENVOY_CONFIG_CRD,
-    Lookup, webhook_services,
+    webhook_services,
 };
-
-/// Items per list call; large clusters are read page by page (limit/continue).
-pub const PAGE_SIZE: u32 = 500;
-
-/// The API server could not be used at all: the run ends with exit status 2.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("cannot reach the Kubernetes API server while reading {what}")]
-    Connection {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(
-        "the Kubernetes API server rejected the credentials (401) while reading {what}: {message}"
-    )]
-    Unauthorized { what: String, message: String },
-}
 
 /// CiliumEnvoyConfig: a CRD (cilium.io/v2), read as a dynamic object so no Cilium types are needed.
 pub fn cilium_envoy_config_resource() -> ApiResource {
@@ -44,66 +27,6 @@ pub fn cilium_envoy_config_resource() -> ApiResource {
         &GroupVersionKind::gvk("cilium.io", "v2", "CiliumEnvoyConfig"),
         "ciliumenvoyconfigs",
     )
-}
-
-fn classify<T>(what: &str, result: Result<T, kube::Error>) -> Result<Lookup<T>, FetchError> {
-    match result {
-        Ok(v) => Ok(Lookup::Found(v)),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(Lookup::Missing),
-        Err(kube::Error::Api(status)) if status.code == 401 => Err(FetchError::Unauthorized {
-            what: what.to_string(),
-            message: status.message.clone(),
-        }),
-        Err(kube::Error::Api(status)) => {
-            let reason = if status.reason.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", status.reason)
-            };
-            let message = if status.message.is_empty() {
-                "no message".to_string()
-            } else {
-                status.message.clone()
-            };
-            Ok(Lookup::Unreadable(format!(
-                "{message} (HTTP {}{reason})",
-                status.code
-            )))
-        }
-        Err(source) => Err(FetchError::Connection {
-            what: what.to_string(),
-            source,
-        }),
-    }
-}
-
-/// Calls `list` page by page until the server gives no continue token.
-async fn paged<T, F, Fut>(base: ListParams, mut list: F) -> Result<Vec<T>, kube::Error>
-where
-    T: Clone,
-    F: FnMut(ListParams) -> Fut,
-    Fut: Future<Output = Result<ObjectList<T>, kube::Error>>,
-{
-    let mut out = Vec::new();
-    let mut params = base.limit(PAGE_SIZE);
-    loop {
-        let page = list(params.clone()).await?;
-        out.extend(page.items);
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(out),
-        }
-    }
-}
-
-fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 /// Whether `name` is `base` plus a kustomize content-hash suffix (`-` and 10 lowercase letters or digits).
@@ -139,7 +62,7 @@ fn newest_generation(all: Vec<ConfigMap>, base: &str) -> Option<ConfigMap> {
 }
 
 /// Reads everything the checks need. Independent reads run concurrently.
-pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterState, FetchError> {
+pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterState, ClusterError> {
     let ns = opts.namespace.as_deref();
 
     let cilium_config = async {
@@ -172,7 +95,7 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         match classify(&what, api.get(&opts.policy_configmap).await)? {
             // kustomize's configMapGenerator appends a content hash to the name (deploy/base does).
             Lookup::Missing => {
-                let listed = paged(ListParams::default(), |lp| {
+                let listed = paged(ListParams::default(), opts.page_size, |lp| {
                     let api = api.clone();
                     async move { api.list(&lp).await }
                 })
@@ -187,48 +110,14 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
             other => Ok(other),
         }
     };
-    let services = async {
-        let api: Api<Service> = api_for(client, ns);
-        classify(
-            "Services",
-            paged(ListParams::default(), |lp| {
-                let api = api.clone();
-                async move { api.list(&lp).await }
-            })
-            .await,
-        )
-    };
-    let namespaces = async {
-        let api: Api<Namespace> = Api::all(client.clone());
-        let result = match ns {
-            Some(name) => api.get(name).await.map(|n| vec![n]),
-            None => {
-                paged(ListParams::default(), |lp| {
-                    let api = api.clone();
-                    async move { api.list(&lp).await }
-                })
-                .await
-            }
-        };
-        classify(
-            "Namespaces",
-            result.map(|list| {
-                list.into_iter()
-                    .filter_map(|n| {
-                        let name = n.metadata.name?;
-                        Some((name, n.metadata.labels.unwrap_or_default()))
-                    })
-                    .collect::<BTreeMap<_, _>>()
-            }),
-        )
-    };
+    let inventory = read_inventory(client, ns, opts.page_size);
     let envoy_configs = async {
         let ar = cilium_envoy_config_resource();
         let api: Api<DynamicObject> = match ns {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
             None => Api::all_with(client.clone(), &ar),
         };
-        let result = paged(ListParams::default(), |lp| {
+        let result = paged(ListParams::default(), opts.page_size, |lp| {
             let api = api.clone();
             async move { api.list_metadata(&lp).await }
         })
@@ -246,14 +135,9 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
 
     // First, alone: when the API server cannot be reached, one request fails (and logs) instead of seven.
     let cilium_config = cilium_config.await?;
-    let (envoy_config_crd, webhook, policy_config, services, namespaces, envoy_configs) = futures::join!(
-        crd,
-        webhook,
-        policy_config,
-        services,
-        namespaces,
-        envoy_configs
-    );
+    let (envoy_config_crd, webhook, policy_config, inventory, envoy_configs) =
+        tokio::join!(crd, webhook, policy_config, inventory, envoy_configs);
+    let inventory = inventory?;
     let webhook = webhook?;
 
     let mut webhook_endpoints = BTreeMap::new();
@@ -262,7 +146,7 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
             let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &svc_ns);
             let lp =
                 ListParams::default().labels(&format!("kubernetes.io/service-name={svc_name}"));
-            let result = paged(lp, |lp| {
+            let result = paged(lp, opts.page_size, |lp| {
                 let api = api.clone();
                 async move { api.list(&lp).await }
             })
@@ -281,8 +165,8 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         webhook,
         webhook_endpoints,
         policy_config: policy_config?,
-        services: services?,
-        namespaces: namespaces?,
+        services: inventory.services,
+        namespaces: inventory.namespaces,
         envoy_configs: envoy_configs?,
     })
 }

@@ -20,10 +20,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 
-use crate::manifests::{RenderOptions, render_webhook_configuration};
-use crate::policy::{Policy, WEBHOOK_NAMESPACE};
+pub use crate::cluster::ClusterError as FetchError;
 pub use checks::{Check, ClusterState, DiagnoseOptions, Group, Lookup, Report, Status, diagnose};
-pub use fetch::{FetchError, fetch};
+pub use fetch::fetch;
+use lb_l7_core::policy::{Policy, WEBHOOK_NAMESPACE};
+use lb_l7_core::render::{RenderOptions, render_webhook_configuration};
 
 /// The MutatingWebhookConfiguration's name in the shipped manifests.
 pub const DEFAULT_WEBHOOK_NAME: &str = "lb-l7-webhook";
@@ -65,6 +66,10 @@ pub struct DoctorArgs {
     /// Name of the ConfigMap that holds the webhook's policy (key `policy.yaml`, or its only key).
     #[arg(long, env = "LB_L7_POLICY_CONFIGMAP", default_value = DEFAULT_POLICY_CONFIGMAP)]
     pub policy_configmap: String,
+
+    /// Items per list call (Services, Namespaces, CiliumEnvoyConfigs, EndpointSlices), read page by page.
+    #[arg(long, env = "LB_L7_PAGE_SIZE", default_value_t = crate::cluster::DEFAULT_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
+    pub page_size: u32,
 }
 
 impl DoctorArgs {
@@ -74,6 +79,7 @@ impl DoctorArgs {
             webhook_namespace: self.webhook_namespace.clone(),
             policy_configmap: self.policy_configmap.clone(),
             namespace: self.namespace.clone(),
+            page_size: self.page_size,
             now,
         }
     }

@@ -9,11 +9,8 @@
 //! lists every Service that could be read); 3 with `--fail-on enable` when a Service would be changed. A read
 //! error wins over `--fail-on` (2 before 3): the report is incomplete, so "nothing to change" cannot be trusted.
 
-mod fastyaml;
 pub mod render;
-pub mod sources;
 
-use std::collections::BTreeMap;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,11 +19,11 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Service;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{
-    CompiledPolicy, Decision, DecisionKind, Mode, NamespaceInfo, Policy, Scope,
-    cilium_envoy_config_name, describe_port,
+pub use crate::input::manifests::{FoundService, Inventory, SourceError, namespace_of};
+use lb_l7_core::policy::{
+    CompiledPolicy, Decision, DecisionKind, Mode, Policy, Scope, cilium_envoy_config_name,
+    describe_port,
 };
-use sources::{FoundService, Inventory, SourceError, namespace_of};
 
 /// Exit status when a file or document could not be read (the report lists what could be).
 pub const EXIT_ERRORS: u8 = 2;
@@ -196,37 +193,11 @@ pub struct PolicyInfo {
     pub mode: Mode,
 }
 
-/// The warning on an entry whose Namespace is not among the inputs.
-pub fn unknown_namespace_warning(namespace: &str, from_cluster: bool) -> String {
-    if from_cluster {
-        format!(
-            "namespace {namespace} was not found in the cluster: evaluated as a namespace without labels"
-        )
-    } else {
-        format!(
-            "namespace {namespace} is not in the input (no Namespace object): evaluated as a namespace without labels"
-        )
-    }
-}
-
 /// Evaluates one Service as the webhook configuration and the webhook together would: the namespace's labels
-/// (empty when the namespace is unknown, with a warning saying so) go to the one pure evaluation.
-pub fn evaluate_service(
-    policy: &CompiledPolicy,
-    svc: &Service,
-    namespaces: &std::collections::HashMap<String, BTreeMap<String, String>>,
-    from_cluster: bool,
-) -> Decision {
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    let ns = namespace_of(svc);
-    match namespaces.get(ns) {
-        Some(labels) => policy.evaluate(svc, NamespaceInfo::new(ns, Some(labels))),
-        None => {
-            let mut d = policy.evaluate(svc, NamespaceInfo::new(ns, Some(&EMPTY)));
-            d.warnings.push(unknown_namespace_warning(ns, from_cluster));
-            d
-        }
-    }
+/// (unknown when its Namespace is not in the input or could not be read, with a warning saying so) go to the one
+/// pure evaluation.
+pub fn evaluate_service(policy: &CompiledPolicy, svc: &Service, inventory: &Inventory) -> Decision {
+    policy.evaluate(svc, inventory.context(svc))
 }
 
 /// Builds one entry, moving the Service's strings rather than copying them.
@@ -264,21 +235,17 @@ pub fn entry(service: Service, decision: Decision, source: Option<String>) -> En
 
 /// Evaluates every Service of an inventory (the policy is compiled once by the caller).
 pub fn build_report(policy: &CompiledPolicy, inventory: Inventory) -> Report {
-    let Inventory {
-        services,
-        namespaces,
-        errors,
-        from_cluster,
-        ..
-    } = inventory;
+    let mut inventory = inventory;
+    let services = std::mem::take(&mut inventory.services);
     let mut summary = Summary::default();
     let mut entries: Vec<Entry> = services
         .into_iter()
         .map(|FoundService { service, origin }| {
-            let decision = evaluate_service(policy, &service, &namespaces, from_cluster);
+            let decision = evaluate_service(policy, &service, &inventory);
             entry(service, decision, origin.map(|o| o.to_string()))
         })
         .collect();
+    let errors = inventory.errors;
     entries.sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for e in &entries {
         summary.add(e);
@@ -302,6 +269,22 @@ pub fn read_offline(paths: &[PathBuf], namespace: Option<&str>) -> Inventory {
         inv.retain_namespace(ns);
     }
     inv
+}
+
+/// Reads the Services and Namespaces of a cluster (paged) into an inventory. Services must be readable; when the
+/// Namespaces are not (403), every entry says its namespace's labels are unknown.
+pub async fn read_cluster(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    page_size: u32,
+) -> anyhow::Result<Inventory> {
+    let inv = crate::cluster::read_inventory(client, namespace, page_size).await?;
+    if let crate::cluster::Lookup::Unreadable(why) = &inv.namespaces {
+        tracing::warn!(
+            "cannot read Namespaces ({why}): their labels are unknown, so no namespace counts as opted in"
+        );
+    }
+    Ok(Inventory::from_cluster(inv)?)
 }
 
 /// The exit status for a report (see the module documentation for the precedence).
@@ -334,13 +317,13 @@ pub fn write_report(
 
 /// The `report` subcommand.
 pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let policy: Policy = crate::server::load_policy(args.policy.as_deref())?;
+    let policy: Policy = crate::input::load_policy(args.policy.as_deref())?;
     let compiled = policy.compile();
     let inventory = if args.cluster {
         let client = kube::Client::try_default()
             .await
             .context("cannot build a Kubernetes client from kubeconfig or the in-cluster config")?;
-        sources::read_cluster(client, args.namespace.as_deref(), args.page_size).await?
+        read_cluster(&client, args.namespace.as_deref(), args.page_size).await?
     } else {
         if args.paths.is_empty() {
             anyhow::bail!(

@@ -21,7 +21,7 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 
 use super::{Entry, Report};
-use crate::policy::DecisionKind;
+use lb_l7_core::policy::DecisionKind;
 
 /// The `policy` name of every PolicyReport result, and the `source`.
 pub const POLICY_NAME: &str = "lb-l7-webhook";
@@ -116,7 +116,7 @@ pub fn table(out: &mut dyn Write, report: &Report, colour: bool) -> std::io::Res
     }
     writeln!(out)?;
     writeln!(out, "Summary: {}", report.summary.line())?;
-    if report.policy.mode == crate::policy::Mode::DryRun {
+    if report.policy.mode == lb_l7_core::policy::Mode::DryRun {
         writeln!(
             out,
             "Policy mode is dry-run: the webhook only warns; `enable` is what enforce mode would change."

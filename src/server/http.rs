@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 
 use super::metrics::{Metrics, ReviewLabels};
-use crate::admission::{self, Outcome};
-use crate::policy::CompiledPolicy;
+use lb_l7_core::admission::{self, Outcome};
+use lb_l7_core::policy::CompiledPolicy;
 
 /// The largest AdmissionReview body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;

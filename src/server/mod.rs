@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::policy::Policy;
 use http::AppState;
+use lb_l7_core::policy::Policy;
 use metrics::Metrics;
 use tls::{CertStore, TlsFiles};
 
@@ -71,18 +71,6 @@ pub struct ServeArgs {
     pub drain_timeout: Duration,
 }
 
-/// Reads and validates a policy file; the error names the file, the field and what is wrong.
-pub fn load_policy(path: Option<&Path>) -> anyhow::Result<Policy> {
-    match path {
-        None => Ok(Policy::default()),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("policy {}: cannot read", path.display()))?;
-            Policy::from_yaml(&text).map_err(|e| anyhow::anyhow!("policy {}: {e}", path.display()))
-        }
-    }
-}
-
 /// Everything a running server needs, resolved from flags.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -98,7 +86,7 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Resolves flags: reads the policy and, on a first run without certificates, generates them.
     pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
-        let policy = load_policy(args.policy.as_deref())?;
+        let policy = crate::input::load_policy(args.policy.as_deref())?;
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => TlsFiles {
                 cert: cert.clone(),

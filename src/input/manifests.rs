@@ -14,9 +14,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams};
+use lb_l7_core::namespace::{NamespaceContext, Unknown};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -77,8 +77,68 @@ pub struct Inventory {
     pub errors: Vec<SourceError>,
     /// Objects that are neither Services nor Namespaces (skipped).
     pub skipped: usize,
-    /// Whether the namespaces come from a cluster (for the wording of the "namespace not found" warning).
-    pub from_cluster: bool,
+    /// Where the namespaces come from, so a Service whose Namespace is not among them gets the right warning.
+    pub namespace_source: NamespaceSource,
+}
+
+/// Where an inventory's namespace labels come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NamespaceSource {
+    /// Namespace objects in the manifests.
+    #[default]
+    Input,
+    /// The cluster's Namespace list.
+    Cluster,
+    /// The cluster's Namespaces could not be read (e.g. 403): no namespace's labels are known.
+    Unreadable,
+}
+
+impl Inventory {
+    /// The namespace context of a Service: the same rule for every edge (see `lb_l7_core::namespace`).
+    pub fn context<'a>(&'a self, svc: &'a Service) -> NamespaceContext<'a> {
+        let ns = namespace_of(svc);
+        let absent = match self.namespace_source {
+            NamespaceSource::Input => Unknown::NotInInput,
+            NamespaceSource::Cluster => Unknown::NotInCluster,
+            NamespaceSource::Unreadable => {
+                return NamespaceContext::unknown(ns, Unknown::Unreadable);
+            }
+        };
+        match self.namespaces.get(ns) {
+            Some(labels) => NamespaceContext::known(ns, labels),
+            None => NamespaceContext::unknown(ns, absent),
+        }
+    }
+
+    /// From the cluster's inventory (services must have been readable).
+    pub fn from_cluster(
+        inv: crate::cluster::Inventory,
+    ) -> Result<Self, crate::cluster::ClusterError> {
+        inv.services()?;
+        let services = match inv.services {
+            crate::cluster::Lookup::Found(s) => s,
+            _ => Vec::new(),
+        };
+        let (namespaces, namespace_source) = match inv.namespaces {
+            crate::cluster::Lookup::Found(map) => (map, NamespaceSource::Cluster),
+            crate::cluster::Lookup::Missing | crate::cluster::Lookup::Unreadable(_) => {
+                (HashMap::new(), NamespaceSource::Unreadable)
+            }
+        };
+        Ok(Inventory {
+            services: services
+                .into_iter()
+                .map(|service| FoundService {
+                    service,
+                    origin: None,
+                })
+                .collect(),
+            namespaces,
+            errors: Vec::new(),
+            skipped: 0,
+            namespace_source,
+        })
+    }
 }
 
 impl Inventory {
@@ -297,11 +357,7 @@ impl Inventory {
 
 /// The namespace of a Service; `default` when the manifest names none (as `kubectl apply` would).
 pub fn namespace_of(svc: &Service) -> &str {
-    svc.metadata
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("default")
+    lb_l7_core::namespace::namespace_of(&svc.metadata)
 }
 
 /// One parsed YAML document, or the line of the error in the file and its message.
@@ -788,76 +844,6 @@ impl<'de> Deserialize<'de> for CowStr<'de> {
         }
         d.deserialize_str(V)
     }
-}
-
-/// Lists every object of an API in pages of `page_size`, following `continue` tokens.
-pub async fn list_all<K>(api: &Api<K>, page_size: u32) -> Result<Vec<K>, kube::Error>
-where
-    K: Clone + serde::de::DeserializeOwned + fmt::Debug,
-{
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut params = ListParams::default().limit(page_size.max(1));
-        if let Some(t) = &token {
-            params = params.continue_token(t);
-        }
-        let page = api.list(&params).await?;
-        out.extend(page.items);
-        match page.metadata.continue_ {
-            Some(t) if !t.is_empty() => token = Some(t),
-            _ => return Ok(out),
-        }
-    }
-}
-
-/// Reads the Services (all namespaces, or one) and the labels of their Namespaces from a cluster, in pages.
-pub async fn read_cluster(
-    client: kube::Client,
-    namespace: Option<&str>,
-    page_size: u32,
-) -> anyhow::Result<Inventory> {
-    use anyhow::Context;
-    let mut inv = Inventory {
-        from_cluster: true,
-        ..Inventory::default()
-    };
-    let ns_api: Api<Namespace> = Api::all(client.clone());
-    let namespaces = match namespace {
-        Some(ns) => vec![
-            ns_api
-                .get(ns)
-                .await
-                .with_context(|| format!("cannot read namespace {ns}"))?,
-        ],
-        None => list_all(&ns_api, page_size)
-            .await
-            .context("cannot list namespaces")?,
-    };
-    for ns in namespaces {
-        if let Some(name) = ns.metadata.name {
-            inv.namespaces
-                .insert(name, ns.metadata.labels.unwrap_or_default());
-        }
-    }
-    let svc_api: Api<Service> = match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    let services = list_all(&svc_api, page_size)
-        .await
-        .with_context(|| match namespace {
-            Some(ns) => format!("cannot list Services in namespace {ns}"),
-            None => "cannot list Services".to_string(),
-        })?;
-    inv.services = services
-        .into_iter()
-        .map(|service| FoundService {
-            service,
-            origin: None,
-        })
-        .collect();
-    Ok(inv)
 }
 
 #[cfg(test)]

@@ -34,20 +34,31 @@ pub const DEFAULT_PORT: u16 = 50051;
 pub fn log_filter(log: &str) -> String {
     let log = log.trim();
     if log.is_empty() {
-        "warn,lb_l7_webhook=info".to_string()
+        "warn,lb_l7_demo=info".to_string()
     } else if log.contains(['=', ',']) {
         log.to_string()
     } else {
-        format!("warn,lb_l7_webhook={log}")
+        format!("warn,lb_l7_demo={log}")
     }
+}
+
+/// Installs the global subscriber: text logs to stderr, filtered by [`log_filter`]'s result.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn bare_levels_apply_to_this_crate() {
-        assert_eq!(super::log_filter("debug"), "warn,lb_l7_webhook=debug");
-        assert_eq!(super::log_filter(""), "warn,lb_l7_webhook=info");
+        assert_eq!(super::log_filter("debug"), "warn,lb_l7_demo=debug");
+        assert_eq!(super::log_filter(""), "warn,lb_l7_demo=info");
         assert_eq!(super::log_filter("h2=trace"), "h2=trace");
     }
 }

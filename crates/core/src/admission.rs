@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::patch::build_patch;
-use crate::policy::{CompiledPolicy, Decision, DecisionKind, Mode, NamespaceInfo};
+use crate::policy::{CompiledPolicy, Decision, DecisionKind, Mode, NamespaceContext};
 
 /// The only AdmissionReview version the webhook registers for.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -389,7 +389,7 @@ fn answer(
         out.namespace = svc.metadata.namespace.clone().unwrap_or_default();
     }
 
-    let decision = policy.evaluate(&svc, NamespaceInfo::new(&out.namespace, None));
+    let decision = policy.evaluate(&svc, NamespaceContext::scope_applied(&out.namespace));
     let mut response = allow;
     for w in &decision.warnings {
         response = response.warn(w);
@@ -616,7 +616,7 @@ mod tests {
 
     #[test]
     fn fixture_in_tests_data_is_patched() {
-        let body = include_bytes!("../tests/data/reviews/create-grpc-service.json");
+        let body = include_bytes!("../../../tests/data/reviews/create-grpc-service.json");
         let r = review(&Policy::default().compile(), body).expect("review");
         assert_eq!(r.outcome, Outcome::Patched);
         assert_eq!(
@@ -632,8 +632,8 @@ mod tests {
         let p = p.compile();
         let grpc = grpc_object();
         let mut bodies: Vec<Vec<u8>> = vec![
-            include_bytes!("../tests/data/reviews/create-grpc-service.json").to_vec(),
-            include_bytes!("../tests/data/reviews/bench-service.json").to_vec(),
+            include_bytes!("../../../tests/data/reviews/create-grpc-service.json").to_vec(),
+            include_bytes!("../../../tests/data/reviews/bench-service.json").to_vec(),
         ];
         for v in [
             request("CREATE", grpc.clone()),

@@ -8,17 +8,17 @@ use clap::Parser as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service};
-use lb_l7_webhook::demo::client::ClientArgs;
-use lb_l7_webhook::demo::server::ServerArgs;
-use lb_l7_webhook::demo::verdict::{Expectation, Verdict};
-use lb_l7_webhook::policy::{DecisionKind, NamespaceInfo, Policy};
+use lb_l7_core::policy::{DecisionKind, NamespaceContext, Policy};
+use lb_l7_demo::client::ClientArgs;
+use lb_l7_demo::server::ServerArgs;
+use lb_l7_demo::verdict::{Expectation, Verdict};
 use serde_json::Value;
 
 const LB_L7: &str = "service.cilium.io/lb-l7";
 
 /// The rendered objects, or None (test skipped) without kubectl.
 fn render() -> Option<Vec<Value>> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/demo");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/demo");
     let output = match Command::new("kubectl").args(["kustomize", dir]).output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -131,7 +131,7 @@ fn demo_manifests_render_what_the_walk_through_needs() {
     // And the project's own policy, as shipped, would annotate it in this namespace.
     let decision = Policy::default()
         .compile()
-        .evaluate(&svc, NamespaceInfo::new("apps", Some(&ns_labels)));
+        .evaluate(&svc, NamespaceContext::known("apps", &ns_labels));
     assert_eq!(decision.kind, DecisionKind::Enable, "{}", decision.reason);
 
     // The server: 3 replicas behind the Service, POD_NAME from the downward API, native gRPC probes, restricted.
@@ -225,7 +225,7 @@ fn demo_manifests_render_what_the_walk_through_needs() {
                     min_backends: Some(3)
                 }
             );
-            assert_eq!(parsed.target, lb_l7_webhook::demo::DEFAULT_TARGET);
+            assert_eq!(parsed.target, lb_l7_demo::DEFAULT_TARGET);
             assert!(
                 !parsed.target.contains(','),
                 "the Job must use ONE connection to the Service"

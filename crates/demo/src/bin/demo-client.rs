@@ -1,16 +1,16 @@
-//! `demo-client`: see `lb_l7_webhook::demo::client` and docs/demo.md. Exit status: see `demo-client --help`.
+//! `demo-client`: see `lb_l7_demo::client` and docs/demo.md. Exit status: see `demo-client --help`.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use lb_l7_webhook::demo::client::{ClientArgs, EXIT_NO_DATA, live_view_wanted, run};
-use lb_l7_webhook::demo::report::Output;
-use lb_l7_webhook::telemetry::{LogFormat, init};
+use lb_l7_demo::client::{ClientArgs, EXIT_NO_DATA, live_view_wanted, run};
+use lb_l7_demo::init_logging as init;
+use lb_l7_demo::report::Output;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = ClientArgs::parse();
-    init(LogFormat::Text, &lb_l7_webhook::demo::log_filter(&args.log));
+    init(&lb_l7_demo::log_filter(&args.log));
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -113,7 +113,7 @@ pub fn annotations_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{NamespaceInfo, Policy};
+    use crate::policy::{NamespaceContext, Policy};
     use serde_json::json;
 
     fn policy(extra: &str) -> Policy {
@@ -123,7 +123,9 @@ mod tests {
 
     /// Applies the patch as the API server does, to the JSON form of the Service.
     fn apply(svc: &Service, p: &Policy) -> (Option<Patch>, Value) {
-        let d = p.compile().evaluate(svc, NamespaceInfo::new("apps", None));
+        let d = p
+            .compile()
+            .evaluate(svc, NamespaceContext::scope_applied("apps"));
         let patch = build_patch(svc, &d, p);
         let mut doc = serde_json::to_value(svc).expect("json");
         if let Some(patch) = &patch {
@@ -245,7 +247,9 @@ mod tests {
     fn guarded_patch_tests_the_annotations_it_read() {
         let p = policy("");
         let svc = grpc(Some(json!({"team": "x"})));
-        let d = p.compile().evaluate(&svc, NamespaceInfo::new("apps", None));
+        let d = p
+            .compile()
+            .evaluate(&svc, NamespaceContext::scope_applied("apps"));
         let patch = build_guarded_patch(&svc, &d, &p).expect("patch");
         let ops = serde_json::to_value(&patch).unwrap();
         assert_eq!(
@@ -265,7 +269,7 @@ mod tests {
         bare.metadata.resource_version = Some("42".into());
         let d = p
             .compile()
-            .evaluate(&bare, NamespaceInfo::new("apps", None));
+            .evaluate(&bare, NamespaceContext::scope_applied("apps"));
         let ops = serde_json::to_value(build_guarded_patch(&bare, &d, &p).unwrap()).unwrap();
         assert_eq!(
             ops[0],

@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use lb_l7_webhook::demo::pb::NewUser;
-use lb_l7_webhook::demo::pb::goapp_client::GoappClient;
-use lb_l7_webhook::demo::server;
+use lb_l7_demo::pb::NewUser;
+use lb_l7_demo::pb::goapp_client::GoappClient;
+use lb_l7_demo::server;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -338,7 +338,7 @@ async fn reflection_lists_and_describes_goapp() {
         client: &mut ServerReflectionClient<Channel>,
         request: MessageRequest,
     ) -> Option<MessageResponse> {
-        let requests = futures::stream::iter(vec![ServerReflectionRequest {
+        let requests = tokio_stream::iter(vec![ServerReflectionRequest {
             host: String::new(),
             message_request: Some(request),
         }]);
