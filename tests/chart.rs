@@ -69,11 +69,10 @@ fn helm() -> Option<PathBuf> {
     }
 }
 
-/// Helm's own directories (cache, config, data) in a temporary directory: the tests leave nothing in $HOME.
-fn helm_home() -> &'static Path {
-    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    HOME.get_or_init(|| tempfile::tempdir().expect("tempdir"))
-        .path()
+/// Helm's own directories (cache, config, data), under Cargo's scratch directory for integration tests: the
+/// tests leave nothing in $HOME.
+fn helm_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chart-helm-home")
 }
 
 fn run_helm(helm: &Path, args: &[&str]) -> std::process::Output {
