@@ -1441,6 +1441,10 @@ fn schema_rejects_bad_values() {
         ),
         (json!({"policy": {"rules": []}}), "/policy/rules"),
         (
+            json!({"policy": {"rules": [{"name": "neither ports nor selector"}]}}),
+            "/policy/rules/0",
+        ),
+        (
             json!({"policy": {"rules": [{"name": "r", "ports": {}, "algorithm": "fastest"}]}}),
             "/policy/rules/0/algorithm",
         ),
