@@ -1,0 +1,333 @@
+//! The doctor's checks: pure functions from what was fetched to ok / warn / fail results.
+//!
+//! Nothing here does IO. [`diagnose`] takes a [`ClusterState`] (filled by [`super::fetch`], or built by hand in
+//! tests) and returns a [`Report`]. Service-level judgements (pitfall warnings, what the policy would do) come
+//! from [`CompiledPolicy::evaluate`], so the doctor, the webhook and the report never disagree about a Service.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use lb_l7_core::namespace::namespace_of;
+use serde::Serialize;
+
+use lb_l7_core::policy::{
+    self, CompiledPolicy, DecisionKind, ENABLED_VALUE, LEGACY_ANNOTATION_KEY, Mode,
+    NamespaceContext, Policy, Scope,
+};
+
+/// The key of the webhook's policy in its ConfigMap (the file name `serve --policy` reads).
+pub const POLICY_CONFIGMAP_KEY: &str = "policy.yaml";
+/// Cilium's ConfigMap.
+pub const CILIUM_CONFIG_NAMESPACE: &str = "kube-system";
+pub const CILIUM_CONFIG_NAME: &str = "cilium-config";
+/// The CRD that Cilium's operator writes L7 load-balancing configuration into.
+pub const ENVOY_CONFIG_CRD: &str = "ciliumenvoyconfigs.cilium.io";
+/// Warn when the webhook's CA expires within this many days.
+pub const CA_WARN_DAYS: i64 = 30;
+/// The API server's own default (and the longest timeout we recommend): a slow webhook holds Service writes.
+pub const MAX_RECOMMENDED_TIMEOUT_SECONDS: i32 = 10;
+/// How many object names a one-line message lists before "and N more".
+pub(super) const LIST_IN_MESSAGE: usize = 5;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which part of the chain a check looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    Cilium,
+    Webhook,
+    Effect,
+}
+
+impl Group {
+    pub fn title(self) -> &'static str {
+        match self {
+            Group::Cilium => "Cilium",
+            Group::Webhook => "Webhook",
+            Group::Effect => "Effect",
+        }
+    }
+}
+
+/// One result: a stable id (for scripts), a title, a one-line message and, unless ok, a one-line fix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    pub id: &'static str,
+    pub group: Group,
+    pub status: Status,
+    pub title: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    /// The objects concerned (`namespace/name`), all of them (the message lists only the first few).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+}
+
+impl Check {
+    fn build(id: &'static str, group: Group, title: impl Into<String>) -> CheckBuilder {
+        CheckBuilder {
+            id,
+            group,
+            title: title.into(),
+            objects: Vec::new(),
+        }
+    }
+}
+
+struct CheckBuilder {
+    id: &'static str,
+    group: Group,
+    title: String,
+    objects: Vec<String>,
+}
+
+impl CheckBuilder {
+    fn objects(mut self, objects: Vec<String>) -> Self {
+        self.objects = objects;
+        self
+    }
+
+    fn ok(self, message: impl Into<String>) -> Check {
+        self.finish(Status::Ok, message.into(), None)
+    }
+
+    fn warn(self, message: impl Into<String>, fix: impl Into<String>) -> Check {
+        self.finish(Status::Warn, message.into(), Some(fix.into()))
+    }
+
+    fn fail(self, message: impl Into<String>, fix: impl Into<String>) -> Check {
+        self.finish(Status::Fail, message.into(), Some(fix.into()))
+    }
+
+    fn finish(self, status: Status, message: String, fix: Option<String>) -> Check {
+        Check {
+            id: self.id,
+            group: self.group,
+            status,
+            title: self.title,
+            message,
+            fix,
+            objects: self.objects,
+        }
+    }
+}
+
+/// Counts per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub ok: usize,
+    pub warn: usize,
+    pub fail: usize,
+}
+
+/// Every check, in a fixed order (Cilium, then the webhook, then the effect).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    pub summary: Summary,
+}
+
+impl Report {
+    pub fn new(checks: Vec<Check>) -> Self {
+        let mut summary = Summary::default();
+        for c in &checks {
+            match c.status {
+                Status::Ok => summary.ok += 1,
+                Status::Warn => summary.warn += 1,
+                Status::Fail => summary.fail += 1,
+            }
+        }
+        Report { checks, summary }
+    }
+
+    /// Whether any check failed (exit status 1).
+    pub fn failed(&self) -> bool {
+        self.summary.fail > 0
+    }
+
+    /// The check with this id, if it ran.
+    pub fn get(&self, id: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.id == id)
+    }
+}
+
+pub use crate::cluster::Lookup;
+
+/// What the doctor read from the cluster. Built by [`super::fetch::fetch`]; tests build it by hand.
+#[derive(Debug, Clone)]
+pub struct ClusterState {
+    /// kube-system/cilium-config.
+    pub cilium_config: Lookup<ConfigMap>,
+    /// The CRD `ciliumenvoyconfigs.cilium.io` (only its presence matters).
+    pub envoy_config_crd: Lookup<()>,
+    /// The MutatingWebhookConfiguration.
+    pub webhook: Lookup<MutatingWebhookConfiguration>,
+    /// EndpointSlices of each Service the webhook configuration points at, keyed by (namespace, name).
+    pub webhook_endpoints: BTreeMap<(String, String), Lookup<Vec<EndpointSlice>>>,
+    /// The ConfigMap holding the webhook's policy.
+    pub policy_config: Lookup<ConfigMap>,
+    /// Services (all namespaces, or `--namespace`).
+    pub services: Lookup<Vec<Service>>,
+    /// Namespace labels by namespace name (for the policy's scope).
+    pub namespaces: Lookup<crate::cluster::NamespaceLabelMap>,
+    /// CiliumEnvoyConfigs as (namespace, name). `Missing` when the CRD is not installed.
+    pub envoy_configs: Lookup<BTreeSet<(String, String)>>,
+}
+
+/// Settings that are not in the cluster.
+#[derive(Debug, Clone)]
+pub struct DiagnoseOptions {
+    pub webhook_name: String,
+    pub webhook_namespace: String,
+    pub policy_configmap: String,
+    /// Only Services of this namespace (the Cilium and webhook checks are cluster-wide).
+    pub namespace: Option<String>,
+    /// Items per list call.
+    pub page_size: u32,
+    /// Now, as Unix seconds (for certificate expiry).
+    pub now: i64,
+}
+
+/// The webhook configuration the policy renders (the drift check's reference); `None` skips the drift check.
+pub type Renderer<'a> = &'a dyn Fn(&Policy) -> Option<MutatingWebhookConfiguration>;
+
+/// Runs every check over what was fetched.
+pub fn diagnose(
+    state: &ClusterState,
+    opts: &DiagnoseOptions,
+    render: Option<Renderer<'_>>,
+) -> Report {
+    let mut checks = Vec::new();
+    let services = state.services.found().map(Vec::as_slice).unwrap_or(&[]);
+
+    // Cilium.
+    checks.extend(check_cilium_config(&state.cilium_config));
+    checks.push(check_envoy_config_crd(&state.envoy_config_crd));
+    if let Some(c) = check_l7_ports(&state.cilium_config, &state.services) {
+        checks.push(c);
+    }
+
+    // The webhook.
+    let (policy_check, policy) = check_policy(&state.policy_config, opts);
+    checks.push(check_webhook_exists(&state.webhook, &opts.webhook_name));
+    if let Lookup::Found(mwc) = &state.webhook {
+        checks.push(check_ca_bundle(mwc, opts.now));
+        checks.push(check_webhook_endpoints(mwc, &state.webhook_endpoints));
+        checks.push(check_failure_policy(mwc));
+        checks.push(check_timeout(mwc));
+    }
+    checks.push(policy_check);
+    if let (Lookup::Found(mwc), Some(render)) = (&state.webhook, render)
+        && let Some(policy) = policy.as_ref()
+    {
+        checks.push(check_drift(mwc, render(policy).as_ref()));
+    }
+
+    // The effect.
+    let policy = policy.unwrap_or_default();
+    let compiled = policy.compile();
+    match &state.services {
+        Lookup::Found(_) => {
+            checks.push(check_envoy_configs(
+                services,
+                &compiled,
+                &state.envoy_configs,
+            ));
+            checks.push(check_legacy_annotation(services, &policy));
+            checks.push(check_annotation_case(services, &policy));
+            checks.push(check_pitfalls(services, &compiled));
+            checks.push(check_not_annotated(services, &compiled, &state.namespaces));
+        }
+        Lookup::Missing | Lookup::Unreadable(_) => {
+            let why = match &state.services {
+                Lookup::Unreadable(why) => why.as_str(),
+                _ => "the API server does not serve services",
+            };
+            checks.push(
+                Check::build("effect.services", Group::Effect, "Services readable").fail(
+                    format!("cannot list Services, so the effect was not checked: {why}"),
+                    unreadable_fix("services"),
+                ),
+            );
+        }
+    }
+    Report::new(checks)
+}
+
+pub(super) fn namespaced(svc: &Service) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(&svc.metadata),
+        svc.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// `a, b, c and 4 more`.
+pub(super) fn list_some(items: &[String]) -> String {
+    list_some_sep(items, ", ")
+}
+
+pub(super) fn list_some_sep(items: &[String], sep: &str) -> String {
+    if items.len() <= LIST_IN_MESSAGE {
+        items.join(sep)
+    } else {
+        format!(
+            "{} and {} more",
+            items[..LIST_IN_MESSAGE].join(sep),
+            items.len() - LIST_IN_MESSAGE
+        )
+    }
+}
+
+pub(super) fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+pub(super) fn unreadable_fix(what: &str) -> String {
+    format!(
+        "give the doctor read access to {what}: kubectl apply -k deploy/doctor (or run it with cluster-admin)"
+    )
+}
+
+mod cilium;
+mod drift;
+mod effect;
+mod webhook;
+
+pub use cilium::*;
+pub use drift::*;
+pub use effect::*;
+pub use webhook::*;
+
+#[cfg(test)]
+mod tests;
