@@ -1,6 +1,5 @@
 //! From a decision to the annotations to add, and to the JSON Patch that adds them. Pure.
 
-use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, TestOperation};
@@ -97,17 +96,6 @@ pub fn build_guarded_patch(svc: &Service, decision: &Decision, policy: &Policy) 
     }
     ops.append(&mut patch.0);
     Some(Patch(ops))
-}
-
-/// The Service's annotations after the patch, for reports and tests.
-pub fn annotations_after(
-    svc: &Service,
-    decision: &Decision,
-    policy: &Policy,
-) -> BTreeMap<String, String> {
-    let mut all = svc.metadata.annotations.clone().unwrap_or_default();
-    all.extend(annotations_to_add(svc, decision, policy));
-    all
 }
 
 #[cfg(test)]
