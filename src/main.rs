@@ -14,11 +14,17 @@ use lb_l7_webhook::telemetry::{self, LogFormat};
 #[command(name = "lb-l7-webhook", version, about, long_about)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "LB_L7_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, help_heading = "Global options", env = "LB_L7_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `lb_l7_webhook=debug`.
-    #[arg(long, global = true, env = "LB_L7_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "LB_L7_LOG",
+        default_value = "info"
+    )]
     log: String,
 
     #[command(subcommand)]
@@ -75,8 +81,26 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: some errors (kube's among them) already print their
+/// source in their own message, and the chain would repeat it.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.trim().trim_start_matches("error: ");
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line.replace('\n', " ")
 }

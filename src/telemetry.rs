@@ -10,7 +10,14 @@ pub enum LogFormat {
 
 /// Installs the global subscriber: logs go to stderr, so stdout stays clean for reports and manifests.
 pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube's client logs each failed request at ERROR itself; the command reports the same failure once, with
+    // its context, so kube_client is silent unless the filter names it.
+    let filter = if filter.contains("kube") {
+        filter.to_string()
+    } else {
+        format!("{filter},kube_client=off")
+    };
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only when a person reads the log on a terminal; never escape codes in a pod's log or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -148,7 +148,11 @@ fn the_dockerfile_copies_and_builds_what_the_workspace_has() {
         .iter()
         .filter(|p| members.contains(p["name"].as_str().unwrap_or_default()))
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
         .map(|t| t["name"].as_str().expect("target name").to_string())
         .collect();
 

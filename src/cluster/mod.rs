@@ -40,7 +40,7 @@ impl<T> Lookup<T> {
 /// The API server could not be used, or refused a read the command cannot do without.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot reach the Kubernetes API server while reading {what}: {source}")]
+    #[error("cannot reach the Kubernetes API server while reading {what}")]
     Connection {
         what: String,
         #[source]

@@ -1,6 +1,5 @@
 //! From a decision to the annotations to add, and to the JSON Patch that adds them. Pure.
 
-
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, TestOperation};
 use k8s_openapi::api::core::v1::Service;

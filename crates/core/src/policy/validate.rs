@@ -45,10 +45,14 @@ impl Default for Policy {
 
 impl Policy {
     /// Parses and validates a policy. Unknown fields are errors.
+    ///
+    /// The error is one line, `line L column C: what`, for the caller to prefix with the file's name.
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
-        let policy: Policy = serde_saphyr::from_str(text).map_err(|e| PolicyError {
-            message: e.to_string(),
-        })?;
+        let options = serde_saphyr::options! { with_snippet: false };
+        let policy: Policy =
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| PolicyError {
+                message: one_line(&e.to_string()),
+            })?;
         policy.validate()?;
         Ok(policy)
     }
@@ -232,4 +236,10 @@ fn validate_qualified_name(field: &str, key: &str) -> Result<(), PolicyError> {
             ),
         ))
     }
+}
+
+/// The parser's message as one line, without its own `error: ` prefix (the caller prints one).
+fn one_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
 }
