@@ -477,3 +477,136 @@ pub fn check_envoy_config_conflicts(
         fix,
     ))
 }
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(ns: &str, name: &str, uid: Option<&str>) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                uid: uid.map(String::from),
+                annotations: Some(BTreeMap::from([(
+                    "service.cilium.io/lb-l7".to_string(),
+                    "enabled".to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                ports: Some(vec![k8s_openapi::api::core::v1::ServicePort {
+                    port: 50051,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    fn owner(kind: &str, name: &str, uid: &str, controller: bool) -> OwnerReference {
+        OwnerReference {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: uid.into(),
+            controller: Some(controller),
+            block_owner_deletion: None,
+        }
+    }
+
+    fn config(
+        ns: Option<&str>,
+        name: &str,
+        owners: Vec<OwnerReference>,
+        services: &[(&str, &str)],
+    ) -> EnvoyConfigSummary {
+        EnvoyConfigSummary {
+            namespace: ns.map(String::from),
+            name: name.into(),
+            owners,
+            services: services
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_operators_controller_reference_is_kind_name_and_uid() {
+        let s = svc("apps", "greeter", Some("u1"));
+        assert!(is_service_controller(
+            &owner("Service", "greeter", "u1", true),
+            &s
+        ));
+        assert!(!is_service_controller(
+            &owner("Service", "greeter", "u0", true),
+            &s
+        ));
+        assert!(!is_service_controller(
+            &owner("Service", "greeter", "u1", false),
+            &s
+        ));
+        assert!(!is_service_controller(
+            &owner("Gateway", "greeter", "u1", true),
+            &s
+        ));
+        // The Service's uid unknown: kind and name decide.
+        assert!(is_service_controller(
+            &owner("Service", "greeter", "u9", true),
+            &svc("apps", "greeter", None)
+        ));
+    }
+
+    #[test]
+    fn owners_and_conflicts_name_both_objects() {
+        let policy = Policy::default().compile();
+        let services = vec![svc("apps", "greeter", Some("u1"))];
+        let own = config(
+            Some("apps"),
+            "cilium-envoy-lb-greeter",
+            vec![owner("Service", "greeter", "u1", true)],
+            &[("apps", "greeter")],
+        );
+        let c = check_envoy_config_owners(&services, &policy, &Lookup::Found(vec![own.clone()]))
+            .expect("check");
+        assert_eq!(c.status, Status::Ok, "{c:?}");
+        let foreign = config(
+            Some("apps"),
+            "cilium-envoy-lb-greeter",
+            vec![],
+            &[("apps", "greeter")],
+        );
+        let c = check_envoy_config_owners(&services, &policy, &Lookup::Found(vec![foreign]))
+            .expect("check");
+        assert_eq!(c.status, Status::Warn);
+        assert!(check_envoy_config_owners(&services, &policy, &Lookup::Missing).is_none());
+
+        let ccec = config(None, "gw", vec![], &[("apps", "greeter")]);
+        let c = check_envoy_config_conflicts(
+            &services,
+            &policy,
+            &Lookup::Found(vec![own.clone()]),
+            &Lookup::Found(vec![ccec]),
+        )
+        .expect("check");
+        assert_eq!(c.status, Status::Warn);
+        assert_eq!(
+            c.objects,
+            vec![
+                "Service apps/greeter: CiliumEnvoyConfig apps/cilium-envoy-lb-greeter and CiliumClusterwideEnvoyConfig gw"
+            ]
+        );
+        let c = check_envoy_config_conflicts(
+            &services,
+            &policy,
+            &Lookup::Found(vec![own]),
+            &Lookup::Missing,
+        )
+        .expect("check");
+        assert_eq!(c.status, Status::Ok);
+    }
+}
