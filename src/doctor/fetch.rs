@@ -153,6 +153,7 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         .await;
         classify("CiliumEnvoyConfigs", result)
     };
+
     // First, alone: when the API server cannot be reached, one request fails (and logs) instead of seven.
     let cilium_config = cilium_config.await?;
     let (envoy_config_crd, webhook, policy_config, inventory, envoy_config_objects) =
