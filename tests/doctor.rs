@@ -2100,3 +2100,44 @@ async fn deploy_doctor_grants_the_new_reads_by_name_and_nothing_more() {
         );
     }
 }
+
+#[tokio::test]
+async fn new_checks_appear_in_json_and_in_their_table_section() {
+    let mut f = healthy_external_envoy();
+    f.remove_named("daemonsets", "cilium-envoy");
+    let report = examine(f).await;
+    let mut out = Vec::new();
+    let code = doctor::print(&report, Output::Json, false, &mut out).expect("printed");
+    assert_eq!(code, std::process::ExitCode::from(1));
+    let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+    let placement = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["id"] == "cilium.envoy-placement")
+        .expect("envoy-placement in JSON");
+    assert_eq!(placement["group"], "cilium");
+    assert_eq!(placement["status"], "fail");
+    assert_eq!(placement["objects"], json!(["kube-system/cilium-envoy"]));
+    assert!(
+        placement["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("envoy.enabled=true"))
+    );
+
+    let mut out = Vec::new();
+    doctor::print(&report, Output::Table, false, &mut out).expect("printed");
+    let text = String::from_utf8(out).expect("utf-8");
+    let section = |title: &str| {
+        text.split("\n\n")
+            .find(|s| s.starts_with(title))
+            .unwrap_or_else(|| panic!("no {title} section:\n{text}"))
+            .to_string()
+    };
+    assert!(section("Cilium").contains("FAIL  Envoy proxy"), "{text}");
+    assert!(section("Webhook").contains("ok    Reconciler"), "{text}");
+    assert!(
+        section("Effect").contains("One Envoy config per Service"),
+        "{text}"
+    );
+}
