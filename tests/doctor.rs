@@ -308,9 +308,16 @@ fn enabled() -> Value {
     json!({ "service.cilium.io/lb-l7": "enabled" })
 }
 
+/// The CiliumEnvoyConfig Cilium's operator makes for a Service: `cilium-envoy-lb-<svc>`, controlled by the Service,
+/// listing it in `spec.services`.
 fn cec(ns: &str, name: &str) -> Value {
+    let svc = name.strip_prefix("cilium-envoy-lb-").unwrap_or(name);
     json!({ "apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
-            "metadata": { "name": name, "namespace": ns }, "spec": {} })
+            "metadata": { "name": name, "namespace": ns,
+                          "ownerReferences": [{ "apiVersion": "v1", "kind": "Service", "name": svc,
+                                                "uid": format!("uid-{svc}"), "controller": true,
+                                                "blockOwnerDeletion": true }] },
+            "spec": { "services": [{ "name": svc, "namespace": ns }], "resources": [] } })
 }
 
 fn namespace(name: &str, labels: Value) -> Value {
@@ -1513,5 +1520,624 @@ async fn table_output_groups_checks_and_prints_fixes_without_colour_off_a_termin
     assert!(
         String::from_utf8_lossy(&coloured).contains("\x1b[1;31mFAIL"),
         "colour on a terminal"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Every way Cilium can silently ignore the annotation (issue 14): the agent's L7 proxy, Envoy's placement, Cilium's
+// version, Envoy config ownership and conflicts, the algorithm, idle timeouts, and the reconciler's Lease
+
+fn agent_daemonset(image: &str, nodes: i32) -> Value {
+    json!({ "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": { "name": "cilium", "namespace": "kube-system", "generation": 4 },
+            "spec": { "selector": { "matchLabels": { "k8s-app": "cilium" } },
+                      "template": { "spec": { "containers": [
+                          { "name": "cilium-agent", "image": image } ] } } },
+            "status": { "desiredNumberScheduled": nodes, "currentNumberScheduled": nodes,
+                        "numberReady": nodes, "updatedNumberScheduled": nodes,
+                        "numberMisscheduled": 0, "observedGeneration": 4 } })
+}
+
+fn envoy_daemonset(desired: i32, ready: i32, updated: i32) -> Value {
+    json!({ "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": { "name": "cilium-envoy", "namespace": "kube-system", "generation": 2 },
+            "spec": { "selector": { "matchLabels": { "k8s-app": "cilium-envoy" } },
+                      "template": { "spec": { "containers": [
+                          { "name": "cilium-envoy", "image": "quay.io/cilium/cilium-envoy:v1.35.3" } ] } } },
+            "status": { "desiredNumberScheduled": desired, "currentNumberScheduled": desired,
+                        "numberReady": ready, "updatedNumberScheduled": updated,
+                        "numberMisscheduled": 0, "observedGeneration": 2 } })
+}
+
+/// The reconciler's Lease, renewed `ago` seconds before the tests' "now".
+fn reconciler_lease(holder: &str, ago: i64) -> Value {
+    let renewed = time::OffsetDateTime::from_unix_timestamp(NOW - ago)
+        .expect("time")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("rfc3339");
+    json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": { "name": "lb-l7-webhook-reconciler", "namespace": "lb-l7-system" },
+            "spec": { "holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed } })
+}
+
+fn clusterwide_envoy_config(name: &str, services: Value) -> Value {
+    json!({ "apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideEnvoyConfig",
+            "metadata": { "name": name }, "spec": { "services": services, "resources": [] } })
+}
+
+/// The healthy cluster as a Cilium 1.19 install from Helm defaults looks: the agent's DaemonSet with its version
+/// tag, Envoy in its own DaemonSet on every node, timeouts written out, and a live reconciler.
+fn healthy_external_envoy() -> Fake {
+    let mut f = healthy();
+    f.put(
+        "daemonsets",
+        agent_daemonset("quay.io/cilium/cilium:v1.19.1@sha256:0123456789abcdef", 3),
+    );
+    f.put("daemonsets", envoy_daemonset(3, 3, 3));
+    let data = &mut f.get_mut("configmaps", "cilium-config")["data"];
+    data["external-envoy-proxy"] = json!("true");
+    data["enable-l7-proxy"] = json!("true");
+    data["proxy-idle-timeout-seconds"] = json!("60");
+    data["proxy-stream-idle-timeout-seconds"] = json!("3600");
+    f.put("leases", reconciler_lease("lb-l7-webhook-7c9f-abcde", 4));
+    f.set("ciliumclusterwideenvoyconfigs", vec![]);
+    f
+}
+
+const NEW_CHECKS: [&str; 9] = [
+    "cilium.l7-proxy",
+    "cilium.envoy-placement",
+    "cilium.envoy-idle-timeouts",
+    "cilium.loadbalancer-l7-algorithm",
+    "webhook.reconciler",
+    "effect.envoy-config-owner",
+    "effect.envoy-config-conflicts",
+    "effect.algorithm",
+    "effect.not-annotated",
+];
+
+#[tokio::test]
+async fn external_envoy_cilium_1_19_and_a_live_reconciler_are_all_ok() {
+    let (report, log) = examine_with(healthy_external_envoy(), options()).await;
+    let report = report.expect("the doctor ran");
+    for id in NEW_CHECKS {
+        assert_eq!(
+            check(&report, id).status,
+            Status::Ok,
+            "{:#?}",
+            check(&report, id)
+        );
+    }
+    assert_eq!(
+        (report.summary.warn, report.summary.fail),
+        (0, 0),
+        "{report:#?}"
+    );
+    assert_status(
+        &report,
+        "cilium.kube-proxy-replacement",
+        Status::Ok,
+        "(Cilium 1.19.1)",
+    );
+    assert_status(
+        &report,
+        "cilium.envoy-placement",
+        Status::Ok,
+        "DaemonSet kube-system/cilium-envoy has 3 of 3 pods ready and updated",
+    );
+    assert_status(
+        &report,
+        "cilium.envoy-idle-timeouts",
+        Status::Ok,
+        "proxy-stream-idle-timeout-seconds: \"3600\" s (default 300 s)",
+    );
+    assert_status(
+        &report,
+        "webhook.reconciler",
+        Status::Ok,
+        "lb-l7-webhook-7c9f-abcde holds Lease lb-l7-system/lb-l7-webhook-reconciler, renewed 4s ago",
+    );
+    assert_status(
+        &report,
+        "effect.envoy-config-owner",
+        Status::Ok,
+        "1 CiliumEnvoyConfig cilium-envoy-lb-<name> controlled by its Service",
+    );
+    let log = log.lock().expect("log").clone();
+    let paths: Vec<&str> = log.iter().map(|(_, p)| p.as_str()).collect();
+    for want in [
+        "/apis/apps/v1/namespaces/kube-system/daemonsets/cilium?",
+        "/apis/apps/v1/namespaces/kube-system/daemonsets/cilium-envoy?",
+        "/apis/coordination.k8s.io/v1/namespaces/lb-l7-system/leases/lb-l7-webhook-reconciler?",
+    ] {
+        assert!(paths.contains(&want), "{want} not requested: {paths:?}");
+    }
+    assert!(
+        paths.iter().any(
+            |p| p.starts_with("/apis/cilium.io/v2/ciliumclusterwideenvoyconfigs?")
+                && p.contains("limit=500")
+        ),
+        "CiliumClusterwideEnvoyConfigs listed page by page: {paths:?}"
+    );
+}
+
+#[tokio::test]
+async fn agent_l7_proxy_off_fails() {
+    let mut f = healthy();
+    f.get_mut("configmaps", "cilium-config")["data"]["enable-l7-proxy"] = json!("false");
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "cilium.l7-proxy",
+        Status::Fail,
+        "enable-l7-proxy is \"false\" in kube-system/cilium-config",
+    );
+    assert!(
+        check(&report, "cilium.l7-proxy")
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("--set l7Proxy=true"))
+    );
+    assert!(report.failed());
+}
+
+#[tokio::test]
+async fn embedded_envoy_is_said_and_needs_no_daemonset() {
+    let report = examine(healthy()).await;
+    assert_status(
+        &report,
+        "cilium.envoy-placement",
+        Status::Ok,
+        "embedded Envoy: external-envoy-proxy is not set",
+    );
+}
+
+#[tokio::test]
+async fn external_envoy_missing_not_ready_or_unreadable_fails() {
+    let mut f = healthy_external_envoy();
+    f.remove_named("daemonsets", "cilium-envoy");
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "cilium.envoy-placement",
+        Status::Fail,
+        "DaemonSet kube-system/cilium-envoy does not exist",
+    );
+    assert!(
+        check(&report, "cilium.envoy-placement")
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("--set envoy.enabled=true"))
+    );
+
+    let mut f = healthy_external_envoy();
+    f.remove_named("daemonsets", "cilium-envoy");
+    f.put("daemonsets", envoy_daemonset(3, 1, 3));
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "cilium.envoy-placement",
+        Status::Fail,
+        "1 of 3 pods ready",
+    );
+    assert_eq!(
+        check(&report, "cilium.envoy-placement").objects,
+        vec!["kube-system/cilium-envoy"]
+    );
+
+    let mut f = healthy_external_envoy();
+    f.remove_named("daemonsets", "cilium-envoy");
+    f.put("daemonsets", envoy_daemonset(3, 3, 1));
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "cilium.envoy-placement",
+        Status::Warn,
+        "1 of 3 updated",
+    );
+
+    let mut f = healthy_external_envoy();
+    f.forbidden.insert("daemonsets");
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "cilium.envoy-placement",
+        Status::Fail,
+        "the doctor needs get daemonsets.apps in kube-system",
+    );
+    assert_status(&report, "cilium.envoy-placement", Status::Fail, "HTTP 403");
+    assert!(
+        check(&report, "cilium.envoy-placement")
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("kubectl apply -k deploy/doctor"))
+    );
+    // The agent's DaemonSet is unreadable too: the version is unknown, and kube-proxy replacement is judged as
+    // without it.
+    assert_status(
+        &report,
+        "cilium.kube-proxy-replacement",
+        Status::Ok,
+        "Cilium version unknown: cannot read DaemonSet kube-system/cilium",
+    );
+}
+
+#[tokio::test]
+async fn kube_proxy_replacement_is_judged_by_the_agents_version() {
+    let with = |image: &str, kpr: &str| {
+        let mut f = healthy();
+        f.put("daemonsets", agent_daemonset(image, 3));
+        f.get_mut("configmaps", "cilium-config")["data"]["kube-proxy-replacement"] = json!(kpr);
+        f
+    };
+    let report = examine(with("quay.io/cilium/cilium:v1.19.0", "strict")).await;
+    assert_status(
+        &report,
+        "cilium.kube-proxy-replacement",
+        Status::Fail,
+        "Cilium 1.19.0 accepts only \"true\" or \"false\"",
+    );
+    let report = examine(with("quay.io/cilium/cilium:v1.16.3", "strict")).await;
+    assert_status(
+        &report,
+        "cilium.kube-proxy-replacement",
+        Status::Ok,
+        "Cilium 1.16.3, which still accepts it",
+    );
+    let report = examine(with("quay.io/cilium/cilium:v1.15.7", "partial")).await;
+    assert_status(
+        &report,
+        "cilium.kube-proxy-replacement",
+        Status::Ok,
+        "partial",
+    );
+    // A digest-only image has no version: say so, and judge as without one.
+    let report = examine(with(
+        "quay.io/cilium/cilium@sha256:0123456789abcdef",
+        "strict",
+    ))
+    .await;
+    assert_status(
+        &report,
+        "cilium.kube-proxy-replacement",
+        Status::Ok,
+        "by digest, without a version tag",
+    );
+    let report = examine(with(
+        "quay.io/cilium/cilium@sha256:0123456789abcdef",
+        "partial",
+    ))
+    .await;
+    assert_status(
+        &report,
+        "cilium.kube-proxy-replacement",
+        Status::Fail,
+        "Cilium version unknown",
+    );
+}
+
+#[tokio::test]
+async fn unknown_algorithms_warn_with_the_value() {
+    let mut f = healthy();
+    f.get_mut("configmaps", "cilium-config")["data"]["loadbalancer-l7-algorithm"] =
+        json!("fastest");
+    f.put(
+        "services",
+        service(
+            "apps",
+            "dashed",
+            grpc_port(),
+            json!({ "service.cilium.io/lb-l7": "enabled",
+                    "service.cilium.io/lb-l7-algorithm": "least-request" }),
+        ),
+    );
+    f.put("ciliumenvoyconfigs", cec("apps", "cilium-envoy-lb-dashed"));
+    // Cilium upper-cases the name before looking it up: this one is fine.
+    f.put(
+        "services",
+        service(
+            "apps",
+            "shouting",
+            grpc_port(),
+            json!({ "service.cilium.io/lb-l7": "enabled",
+                    "service.cilium.io/lb-l7-algorithm": "LEAST_REQUEST" }),
+        ),
+    );
+    f.put(
+        "ciliumenvoyconfigs",
+        cec("apps", "cilium-envoy-lb-shouting"),
+    );
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "cilium.loadbalancer-l7-algorithm",
+        Status::Warn,
+        "loadbalancer-l7-algorithm is \"fastest\" in kube-system/cilium-config",
+    );
+    assert_status(
+        &report,
+        "cilium.loadbalancer-l7-algorithm",
+        Status::Warn,
+        "Cilium silently uses round_robin",
+    );
+    assert_status(
+        &report,
+        "effect.algorithm",
+        Status::Warn,
+        "apps/dashed (service.cilium.io/lb-l7-algorithm=least-request)",
+    );
+    let c = check(&report, "effect.algorithm");
+    assert_eq!(
+        c.objects,
+        vec!["apps/dashed (service.cilium.io/lb-l7-algorithm=least-request)"]
+    );
+    assert_eq!(
+        c.fix.as_deref(),
+        Some(
+            "kubectl annotate service -n apps dashed --overwrite service.cilium.io/lb-l7-algorithm=least_request (or round_robin, random)"
+        )
+    );
+    // One warning per problem: the pitfalls check leaves the algorithm to effect.algorithm.
+    assert_status(
+        &report,
+        "effect.pitfalls",
+        Status::Ok,
+        "no annotated Service",
+    );
+    assert!(!report.failed());
+}
+
+#[tokio::test]
+async fn envoy_config_not_controlled_by_its_service_warns_naming_both() {
+    let mut f = healthy();
+    f.remove_named("ciliumenvoyconfigs", "cilium-envoy-lb-greeter");
+    f.put(
+        "ciliumenvoyconfigs",
+        json!({ "apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
+                "metadata": { "name": "cilium-envoy-lb-greeter", "namespace": "apps" },
+                "spec": { "services": [{ "name": "greeter" }] } }),
+    );
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "effect.envoy-config-owner",
+        Status::Warn,
+        "CiliumEnvoyConfig apps/cilium-envoy-lb-greeter has no controller ownerReference, not by Service apps/greeter",
+    );
+    assert_eq!(
+        check(&report, "effect.envoy-config-owner").fix.as_deref(),
+        Some(
+            "kubectl -n apps delete ciliumenvoyconfig cilium-envoy-lb-greeter, then kubectl -n kube-system rollout restart deploy/cilium-operator (it recreates it, owned by the Service)"
+        )
+    );
+    // It lists the Service too, but it is the operator's name: ownership, not a second config.
+    assert_status(
+        &report,
+        "effect.envoy-config-conflicts",
+        Status::Ok,
+        "no other",
+    );
+
+    // The Service was deleted and made again: the config still points at the old one's uid.
+    let mut f = healthy();
+    f.get_mut("services", "greeter")["metadata"]["uid"] = json!("uid-greeter-2");
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "effect.envoy-config-owner",
+        Status::Warn,
+        "is controlled by an earlier Service greeter (uid uid-greeter)",
+    );
+    // Same uid: ok.
+    let mut f = healthy();
+    f.get_mut("services", "greeter")["metadata"]["uid"] = json!("uid-greeter");
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "effect.envoy-config-owner",
+        Status::Ok,
+        "controlled by its Service",
+    );
+}
+
+#[tokio::test]
+async fn a_second_envoy_config_for_a_service_warns_naming_both() {
+    let mut f = healthy();
+    f.put(
+        "ciliumclusterwideenvoyconfigs",
+        clusterwide_envoy_config(
+            "mesh-gateway",
+            json!([{ "name": "greeter", "namespace": "apps" }]),
+        ),
+    );
+    // Without a namespace a cluster-wide config means `default`: not apps/greeter.
+    f.put(
+        "ciliumclusterwideenvoyconfigs",
+        clusterwide_envoy_config("other", json!([{ "name": "greeter" }])),
+    );
+    f.put(
+        "ciliumenvoyconfigs",
+        json!({ "apiVersion": "cilium.io/v2", "kind": "CiliumEnvoyConfig",
+                "metadata": { "name": "retries", "namespace": "apps" },
+                "spec": { "services": [{ "name": "greeter", "namespace": "ignored-for-namespaced" }] } }),
+    );
+    let report = examine(f).await;
+    let c = check(&report, "effect.envoy-config-conflicts");
+    assert_eq!(c.status, Status::Warn, "{c:#?}");
+    assert_eq!(
+        c.objects,
+        vec![
+            "Service apps/greeter: CiliumEnvoyConfig apps/cilium-envoy-lb-greeter and CiliumEnvoyConfig apps/retries",
+            "Service apps/greeter: CiliumEnvoyConfig apps/cilium-envoy-lb-greeter and CiliumClusterwideEnvoyConfig mesh-gateway",
+        ]
+    );
+    assert!(c.message.contains("cilium/cilium#33767"), "{c:#?}");
+    assert!(
+        c.fix
+            .as_deref()
+            .is_some_and(|f| f.contains("kubectl -n apps edit ciliumenvoyconfig retries")),
+        "{c:#?}"
+    );
+    assert!(!report.failed());
+
+    // Cluster-wide configs that cannot be listed: say so instead of a silent ok.
+    let mut f = healthy();
+    f.forbidden.insert("ciliumclusterwideenvoyconfigs");
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "effect.envoy-config-conflicts",
+        Status::Warn,
+        "CiliumClusterwideEnvoyConfigs could not be listed",
+    );
+}
+
+#[tokio::test]
+async fn a_live_reconciler_replaces_the_backfill_advice_and_a_stale_one_is_named() {
+    let pending = |f: &mut Fake| {
+        f.put(
+            "services",
+            service("apps", "new-grpc", grpc_port(), json!({})),
+        );
+    };
+    let mut f = healthy_external_envoy();
+    pending(&mut f);
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "effect.not-annotated",
+        Status::Ok,
+        "the reconciler (lb-l7-webhook-7c9f-abcde, Lease lb-l7-system/lb-l7-webhook-reconciler renewed 4s ago) will patch them: apps/new-grpc",
+    );
+    assert_eq!(
+        check(&report, "effect.not-annotated").objects,
+        vec!["apps/new-grpc"]
+    );
+
+    let mut f = healthy_external_envoy();
+    pending(&mut f);
+    f.set(
+        "leases",
+        vec![reconciler_lease("lb-l7-webhook-7c9f-abcde", 2 * 3600)],
+    );
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "webhook.reconciler",
+        Status::Warn,
+        "was last renewed by lb-l7-webhook-7c9f-abcde 2h ago, beyond its 15s lease",
+    );
+    assert_status(
+        &report,
+        "effect.not-annotated",
+        Status::Warn,
+        "so nothing patches them",
+    );
+    assert!(
+        check(&report, "effect.not-annotated")
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("lb-l7-webhook backfill"))
+    );
+
+    // No Lease: no reconciler installed, which is fine; the advice stays backfill.
+    let mut f = healthy();
+    pending(&mut f);
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "webhook.reconciler",
+        Status::Ok,
+        "no reconciler installed",
+    );
+    assert_eq!(
+        check(&report, "effect.not-annotated").fix.as_deref(),
+        Some("lb-l7-webhook backfill --dry-run, then lb-l7-webhook backfill")
+    );
+}
+
+#[tokio::test]
+async fn deploy_doctor_grants_the_new_reads_by_name_and_nothing_more() {
+    let rules = doctor_rbac();
+    let find = |resource: &str| -> Vec<&RbacRule> {
+        rules
+            .iter()
+            .filter(|r| r.resources.iter().any(|x| x == resource))
+            .collect()
+    };
+    let ds = find("daemonsets");
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    assert_eq!(ds[0].namespace.as_deref(), Some("kube-system"));
+    assert_eq!(ds[0].groups, vec!["apps"]);
+    assert_eq!(ds[0].verbs, vec!["get"]);
+    assert_eq!(ds[0].names, vec!["cilium", "cilium-envoy"]);
+    let leases = find("leases");
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].namespace.as_deref(), Some("lb-l7-system"));
+    assert_eq!(leases[0].groups, vec!["coordination.k8s.io"]);
+    assert_eq!(leases[0].verbs, vec!["get"]);
+    assert_eq!(leases[0].names, vec!["lb-l7-webhook-reconciler"]);
+    let ccec = find("ciliumclusterwideenvoyconfigs");
+    assert_eq!(ccec.len(), 1, "{ccec:?}");
+    assert_eq!(ccec[0].namespace, None);
+    assert_eq!(ccec[0].verbs, vec!["list"]);
+    // And every request of the richest cluster is allowed (the general RBAC test covers the others).
+    let (report, log) = examine_with(healthy_external_envoy(), options()).await;
+    assert!(report.is_ok());
+    for (_, url) in log.lock().expect("log").iter() {
+        let path = url.split('?').next().unwrap_or("");
+        let (group, resource, ns, name) = request_target(path);
+        let verb = if name.is_some() { "get" } else { "list" };
+        assert!(
+            rules.iter().any(|r| r.groups.contains(&group)
+                && r.resources.contains(&resource)
+                && r.verbs.iter().any(|v| v == verb)
+                && (r.names.is_empty() || name.as_ref().is_some_and(|n| r.names.contains(n)))
+                && r.namespace
+                    .as_ref()
+                    .is_none_or(|role_ns| ns.as_ref() == Some(role_ns))),
+            "deploy/doctor does not allow {verb} {group}/{resource} ns={ns:?} name={name:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn new_checks_appear_in_json_and_in_their_table_section() {
+    let mut f = healthy_external_envoy();
+    f.remove_named("daemonsets", "cilium-envoy");
+    let report = examine(f).await;
+    let mut out = Vec::new();
+    let code = doctor::print(&report, Output::Json, false, &mut out).expect("printed");
+    assert_eq!(code, std::process::ExitCode::from(1));
+    let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+    let placement = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["id"] == "cilium.envoy-placement")
+        .expect("envoy-placement in JSON");
+    assert_eq!(placement["group"], "cilium");
+    assert_eq!(placement["status"], "fail");
+    assert_eq!(placement["objects"], json!(["kube-system/cilium-envoy"]));
+    assert!(
+        placement["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("envoy.enabled=true"))
+    );
+
+    let mut out = Vec::new();
+    doctor::print(&report, Output::Table, false, &mut out).expect("printed");
+    let text = String::from_utf8(out).expect("utf-8");
+    let section = |title: &str| {
+        text.split("\n\n")
+            .find(|s| s.starts_with(title))
+            .unwrap_or_else(|| panic!("no {title} section:\n{text}"))
+            .to_string()
+    };
+    assert!(section("Cilium").contains("FAIL  Envoy proxy"), "{text}");
+    assert!(section("Webhook").contains("ok    Reconciler"), "{text}");
+    assert!(
+        section("Effect").contains("One Envoy config per Service"),
+        "{text}"
     );
 }

@@ -8,16 +8,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectList};
 
 use crate::cluster::{ClusterError, Lookup, lookup as classify, paged, read_inventory};
 
 use super::checks::{
-    CILIUM_CONFIG_NAME, CILIUM_CONFIG_NAMESPACE, ClusterState, DiagnoseOptions, ENVOY_CONFIG_CRD,
+    CILIUM_AGENT_DAEMONSET, CILIUM_CONFIG_NAME, CILIUM_CONFIG_NAMESPACE, ClusterState,
+    DiagnoseOptions, ENVOY_CONFIG_CRD, ENVOY_DAEMONSET, EnvoyConfigSummary, RECONCILER_LEASE,
     webhook_services,
 };
 
@@ -27,6 +30,31 @@ pub fn cilium_envoy_config_resource() -> ApiResource {
         &GroupVersionKind::gvk("cilium.io", "v2", "CiliumEnvoyConfig"),
         "ciliumenvoyconfigs",
     )
+}
+
+/// CiliumClusterwideEnvoyConfig: the cluster-scoped twin of CiliumEnvoyConfig (cilium.io/v2), also read dynamically.
+pub fn cilium_clusterwide_envoy_config_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cilium.io", "v2", "CiliumClusterwideEnvoyConfig"),
+        "ciliumclusterwideenvoyconfigs",
+    )
+}
+
+/// One page of Envoy configs cut down to what the checks use (owners, `spec.services`), so a large cluster's
+/// xDS resources are never all held at once.
+fn summarize_page(
+    page: ObjectList<DynamicObject>,
+    clusterwide: bool,
+) -> ObjectList<EnvoyConfigSummary> {
+    ObjectList {
+        types: page.types,
+        metadata: page.metadata,
+        items: page
+            .items
+            .into_iter()
+            .filter_map(|o| EnvoyConfigSummary::from_parts(o.metadata, &o.data, clusterwide))
+            .collect(),
+    }
 }
 
 /// Whether `name` is `base` plus a kustomize content-hash suffix (`-` and 10 lowercase letters or digits).
@@ -111,32 +139,25 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         }
     };
     let inventory = read_inventory(client, ns, opts.page_size);
-    let envoy_configs = async {
+    let envoy_config_objects = async {
         let ar = cilium_envoy_config_resource();
         let api: Api<DynamicObject> = match ns {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
             None => Api::all_with(client.clone(), &ar),
         };
+        // Whole objects, not metadata: the ownership and conflict checks read spec.services.
         let result = paged(ListParams::default(), opts.page_size, |lp| {
             let api = api.clone();
-            async move { api.list_metadata(&lp).await }
+            async move { api.list(&lp).await.map(|page| summarize_page(page, false)) }
         })
         .await;
-        classify(
-            "CiliumEnvoyConfigs",
-            result.map(|items| {
-                items
-                    .into_iter()
-                    .filter_map(|m| Some((m.metadata.namespace?, m.metadata.name?)))
-                    .collect::<BTreeSet<_>>()
-            }),
-        )
+        classify("CiliumEnvoyConfigs", result)
     };
 
     // First, alone: when the API server cannot be reached, one request fails (and logs) instead of seven.
     let cilium_config = cilium_config.await?;
-    let (envoy_config_crd, webhook, policy_config, inventory, envoy_configs) =
-        tokio::join!(crd, webhook, policy_config, inventory, envoy_configs);
+    let (envoy_config_crd, webhook, policy_config, inventory, envoy_config_objects) =
+        tokio::join!(crd, webhook, policy_config, inventory, envoy_config_objects);
     let inventory = inventory?;
     let webhook = webhook?;
 
@@ -159,6 +180,39 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         }
     }
 
+    // Envoy's placement, Cilium's version, cluster-wide Envoy configs and the reconciler's Lease.
+    let daemonset = |name: &'static str| async move {
+        let api: Api<DaemonSet> = Api::namespaced(client.clone(), CILIUM_CONFIG_NAMESPACE);
+        classify(
+            &format!("DaemonSet {CILIUM_CONFIG_NAMESPACE}/{name}"),
+            api.get(name).await,
+        )
+    };
+    let clusterwide_envoy_configs = async {
+        let api: Api<DynamicObject> =
+            Api::all_with(client.clone(), &cilium_clusterwide_envoy_config_resource());
+        let result = paged(ListParams::default(), opts.page_size, |lp| {
+            let api = api.clone();
+            async move { api.list(&lp).await.map(|page| summarize_page(page, true)) }
+        })
+        .await;
+        classify("CiliumClusterwideEnvoyConfigs", result)
+    };
+    let reconciler_lease = async {
+        let api: Api<Lease> = Api::namespaced(client.clone(), &opts.webhook_namespace);
+        classify(
+            &format!("Lease {}/{RECONCILER_LEASE}", opts.webhook_namespace),
+            api.get(RECONCILER_LEASE).await,
+        )
+    };
+    let (cilium_agent, envoy_daemonset, clusterwide_envoy_configs, reconciler_lease) = tokio::join!(
+        daemonset(CILIUM_AGENT_DAEMONSET),
+        daemonset(ENVOY_DAEMONSET),
+        clusterwide_envoy_configs,
+        reconciler_lease
+    );
+    let envoy_config_objects = envoy_config_objects?;
+
     Ok(ClusterState {
         cilium_config,
         envoy_config_crd: envoy_config_crd?,
@@ -167,7 +221,20 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         policy_config: policy_config?,
         services: inventory.services,
         namespaces: inventory.namespaces,
-        envoy_configs: envoy_configs?,
+        envoy_configs: match &envoy_config_objects {
+            Lookup::Found(all) => Lookup::Found(
+                all.iter()
+                    .filter_map(|c| Some((c.namespace.clone()?, c.name.clone())))
+                    .collect::<BTreeSet<_>>(),
+            ),
+            Lookup::Missing => Lookup::Missing,
+            Lookup::Unreadable(why) => Lookup::Unreadable(why.clone()),
+        },
+        cilium_agent: cilium_agent?,
+        envoy_daemonset: envoy_daemonset?,
+        envoy_config_objects,
+        clusterwide_envoy_configs: clusterwide_envoy_configs?,
+        reconciler_lease: reconciler_lease?,
     })
 }
 

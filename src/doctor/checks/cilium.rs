@@ -10,8 +10,17 @@ pub(super) const RESTART_CILIUM: &str =
 // ---------------------------------------------------------------------------------------------------------------
 // Cilium
 
-/// `loadbalancer-l7: envoy`, `enable-envoy-config: "true"`, and kube-proxy replacement on.
+/// `loadbalancer-l7: envoy`, `enable-envoy-config: "true"`, and kube-proxy replacement on, judged without knowing
+/// Cilium's version (see [`check_cilium_config_for`]).
 pub fn check_cilium_config(cm: &Lookup<ConfigMap>) -> Vec<Check> {
+    check_cilium_config_for(
+        cm,
+        &CiliumVersion::Unknown("the agent's DaemonSet was not read".to_string()),
+    )
+}
+
+/// `loadbalancer-l7: envoy`, `enable-envoy-config: "true"`, and kube-proxy replacement on as `version` spells it.
+pub fn check_cilium_config_for(cm: &Lookup<ConfigMap>, version: &CiliumVersion) -> Vec<Check> {
     let at = format!("{CILIUM_CONFIG_NAMESPACE}/{CILIUM_CONFIG_NAME}");
     let data = match cm {
         Lookup::Found(cm) => cm.data.clone().unwrap_or_default(),
@@ -69,22 +78,11 @@ pub fn check_cilium_config(cm: &Lookup<ConfigMap>) -> Vec<Check> {
         )
     });
 
-    let kpr = get("kube-proxy-replacement");
-    let c = Check::build(
-        "cilium.kube-proxy-replacement",
-        Group::Cilium,
-        "kube-proxy replacement",
-    );
-    out.push(match kpr {
-        Some("true") => c.ok(format!("{at} has kube-proxy-replacement: \"true\"")),
-        Some("strict") => c.ok(format!(
-            "{at} has kube-proxy-replacement: strict (the spelling of \"true\" before Cilium 1.14; accepted)"
-        )),
-        _ => c.fail(
-            format!("kube-proxy-replacement {} in {at}: Cilium redirects Services to Envoy only with kube-proxy replacement on", shown(kpr)),
-            format!("{HELM_UPGRADE} --set kubeProxyReplacement=true (and remove kube-proxy), {RESTART_CILIUM}"),
-        ),
-    });
+    out.push(check_kube_proxy_replacement(
+        get("kube-proxy-replacement"),
+        &at,
+        version,
+    ));
     out
 }
 
@@ -178,5 +176,94 @@ pub fn check_l7_ports(cm: &Lookup<ConfigMap>, services: &Lookup<Vec<Service>>) -
     Some(c.objects(caught).warn(message, fix))
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// The webhook
+/// The first Cilium release that accepts only `true` / `false` for `kube-proxy-replacement`: the old spellings
+/// `strict`, `partial`, `probe` and `disabled` are gone (Cilium's `pkg/option/config.go` defines only
+/// `KubeProxyReplacementTrue` and `KubeProxyReplacementFalse`, and the Helm chart's `cilium-configmap.yaml` fails on
+/// anything else).
+pub const KPR_TRUE_ONLY_SINCE: (u64, u64) = (1, 19);
+
+/// kube-proxy replacement, judged by the Cilium version: 1.19 and later need `true`; older releases also accepted
+/// `strict` (and `partial`, which replaced only the kube-proxy features it was told to). With the version unknown
+/// the judgement is the version-blind one: `true` or `strict`, and the message says the version is unknown.
+pub fn check_kube_proxy_replacement(kpr: Option<&str>, at: &str, version: &CiliumVersion) -> Check {
+    let c = Check::build(
+        "cilium.kube-proxy-replacement",
+        Group::Cilium,
+        "kube-proxy replacement",
+    );
+    let shown = match kpr {
+        Some(v) => format!("is {v:?}"),
+        None => "is not set".to_string(),
+    };
+    let fix = format!(
+        "{HELM_UPGRADE} --set kubeProxyReplacement=true (and remove kube-proxy), {RESTART_CILIUM}"
+    );
+    let off = "Cilium redirects Services to Envoy only with kube-proxy replacement on";
+    match version {
+        CiliumVersion::Known { .. } if version.at_least(KPR_TRUE_ONLY_SINCE) => match kpr {
+            Some("true") => c.ok(format!(
+                "{at} has kube-proxy-replacement: \"true\" ({version})"
+            )),
+            Some(old @ ("strict" | "partial" | "probe" | "disabled")) => c.fail(
+                format!(
+                    "kube-proxy-replacement is {old:?} in {at}, but {version} accepts only \"true\" or \"false\": {off}"
+                ),
+                fix,
+            ),
+            _ => c.fail(
+                format!("kube-proxy-replacement {shown} in {at} ({version}): {off}"),
+                fix,
+            ),
+        },
+        CiliumVersion::Known { .. } => match kpr {
+            Some("true") => c.ok(format!(
+                "{at} has kube-proxy-replacement: \"true\" ({version})"
+            )),
+            Some(old @ ("strict" | "partial")) => c.ok(format!(
+                "{at} has kube-proxy-replacement: {old} ({version}, which still accepts it; Cilium 1.19 and later need \"true\")"
+            )),
+            _ => c.fail(
+                format!("kube-proxy-replacement {shown} in {at} ({version}): {off}"),
+                fix,
+            ),
+        },
+        CiliumVersion::Unknown(why) => match kpr {
+            Some("true") => c.ok(format!(
+                "{at} has kube-proxy-replacement: \"true\" (Cilium version unknown: {why})"
+            )),
+            Some("strict") => c.ok(format!(
+                "{at} has kube-proxy-replacement: strict (the spelling of \"true\" before Cilium 1.14; accepted, but Cilium 1.19 and later need \"true\"; Cilium version unknown: {why})"
+            )),
+            _ => c.fail(
+                format!("kube-proxy-replacement {shown} in {at}: {off} (Cilium version unknown: {why})"),
+                fix,
+            ),
+        },
+    }
+}
+
+/// The agent's `enable-l7-proxy`: without it the agent redirects nothing to Envoy, so Cilium ignores the lb-l7
+/// annotation. Unset means on (Cilium's `pkg/defaults/defaults.go`: `EnableL7Proxy = true`; the Helm chart writes
+/// it from `l7Proxy`). `None` when Cilium's ConfigMap could not be read (its own check fails).
+pub fn check_l7_proxy(cm: &Lookup<ConfigMap>) -> Option<Check> {
+    let cm = cm.found()?;
+    let at = format!("{CILIUM_CONFIG_NAMESPACE}/{CILIUM_CONFIG_NAME}");
+    let c = Check::build("cilium.l7-proxy", Group::Cilium, "Agent L7 proxy");
+    let value = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("enable-l7-proxy"))
+        .map(|v| v.trim());
+    Some(match value {
+        Some("true") => c.ok(format!("{at} has enable-l7-proxy: \"true\"")),
+        None => c.ok(format!(
+            "enable-l7-proxy is not set in {at}: the agent's default is true"
+        )),
+        Some(v) => c.fail(
+            format!(
+                "enable-l7-proxy is {v:?} in {at}: the agent redirects nothing to Envoy, so Cilium ignores the lb-l7 annotation"
+            ),
+            format!("{HELM_UPGRADE} --set l7Proxy=true, {RESTART_CILIUM}"),
+        ),
+    })
+}

@@ -202,6 +202,16 @@ pub struct ClusterState {
     pub namespaces: Lookup<crate::cluster::NamespaceLabelMap>,
     /// CiliumEnvoyConfigs as (namespace, name). `Missing` when the CRD is not installed.
     pub envoy_configs: Lookup<BTreeSet<(String, String)>>,
+    /// DaemonSet kube-system/cilium: the agent (its image tag gives Cilium's version).
+    pub cilium_agent: Lookup<k8s_openapi::api::apps::v1::DaemonSet>,
+    /// DaemonSet kube-system/cilium-envoy: Envoy outside the agent (`external-envoy-proxy: "true"`).
+    pub envoy_daemonset: Lookup<k8s_openapi::api::apps::v1::DaemonSet>,
+    /// The same CiliumEnvoyConfigs as `envoy_configs`, with their owners and `spec.services`.
+    pub envoy_config_objects: Lookup<Vec<EnvoyConfigSummary>>,
+    /// CiliumClusterwideEnvoyConfigs (always cluster-wide). `Missing` when the CRD is not installed.
+    pub clusterwide_envoy_configs: Lookup<Vec<EnvoyConfigSummary>>,
+    /// The reconciler's Lease in the webhook's namespace. `Missing`: no reconciler is installed.
+    pub reconciler_lease: Lookup<k8s_openapi::api::coordination::v1::Lease>,
 }
 
 /// Settings that are not in the cluster.
@@ -231,11 +241,20 @@ pub fn diagnose(
     let services = state.services.found().map(Vec::as_slice).unwrap_or(&[]);
 
     // Cilium.
-    checks.extend(check_cilium_config(&state.cilium_config));
+    let version = cilium_version(&state.cilium_agent);
+    checks.extend(check_cilium_config_for(&state.cilium_config, &version));
     checks.push(check_envoy_config_crd(&state.envoy_config_crd));
     if let Some(c) = check_l7_ports(&state.cilium_config, &state.services) {
         checks.push(c);
     }
+    checks.extend(check_l7_proxy(&state.cilium_config));
+    checks.extend(check_envoy_placement(
+        &state.cilium_config,
+        &state.envoy_daemonset,
+        &state.cilium_agent,
+    ));
+    checks.extend(check_envoy_timeouts(&state.cilium_config));
+    checks.extend(check_default_algorithm(&state.cilium_config));
 
     // The webhook.
     let (policy_check, policy) = check_policy(&state.policy_config, opts);
@@ -252,6 +271,8 @@ pub fn diagnose(
     {
         checks.push(check_drift(mwc, render(policy).as_ref()));
     }
+    let reconciler = reconciler_state(&state.reconciler_lease, opts.now);
+    checks.push(check_reconciler(&reconciler, opts));
 
     // The effect.
     let policy = policy.unwrap_or_default();
@@ -263,10 +284,28 @@ pub fn diagnose(
                 &compiled,
                 &state.envoy_configs,
             ));
+            checks.extend(check_envoy_config_owners(
+                services,
+                &compiled,
+                &state.envoy_config_objects,
+            ));
+            checks.extend(check_envoy_config_conflicts(
+                services,
+                &compiled,
+                &state.envoy_config_objects,
+                &state.clusterwide_envoy_configs,
+            ));
             checks.push(check_legacy_annotation(services, &policy));
             checks.push(check_annotation_case(services, &policy));
             checks.push(check_pitfalls(services, &compiled));
-            checks.push(check_not_annotated(services, &compiled, &state.namespaces));
+            checks.push(check_algorithm_annotations(services, &compiled));
+            checks.push(check_not_annotated(
+                services,
+                &compiled,
+                &state.namespaces,
+                &reconciler,
+                opts,
+            ));
         }
         Lookup::Missing | Lookup::Unreadable(_) => {
             let why = match &state.services {
@@ -322,11 +361,15 @@ pub(super) fn unreadable_fix(what: &str) -> String {
 mod cilium;
 mod drift;
 mod effect;
+mod envoy;
+mod reconciler;
 mod webhook;
 
 pub use cilium::*;
 pub use drift::*;
 pub use effect::*;
+pub use envoy::*;
+pub use reconciler::*;
 pub use webhook::*;
 
 #[cfg(test)]
