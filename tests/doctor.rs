@@ -1563,6 +1563,14 @@ async fn json_output_is_what_scripts_read() {
         .expect("l7");
     assert_eq!(ok["status"], "ok");
     assert!(ok.get("fix").is_none(), "an ok check has no fix: {ok}");
+    assert_eq!(
+        v["policy"],
+        json!({
+            "source": format!("ConfigMap lb-l7-system/{POLICY_CM} key policy.yaml, via Deployment lb-l7-system/lb-l7-webhook"),
+            "scope": "namespace-opt-in",
+            "mode": "enforce",
+        })
+    );
     assert_eq!(v["summary"]["fail"], 1);
     assert_eq!(
         v["summary"]["ok"].as_u64(),

@@ -155,6 +155,18 @@ pub struct Summary {
 pub struct Report {
     pub checks: Vec<Check>,
     pub summary: Summary,
+    /// The policy the checks used: where it came from, its scope and mode (`None` when it could not be found, and
+    /// the Effect checks used the built-in default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyUsed>,
+}
+
+/// Which policy the doctor used, for scripts (`-o json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyUsed {
+    pub source: String,
+    pub scope: Scope,
+    pub mode: Mode,
 }
 
 impl Report {
@@ -167,7 +179,11 @@ impl Report {
                 Status::Fail => summary.fail += 1,
             }
         }
-        Report { checks, summary }
+        Report {
+            checks,
+            summary,
+            policy: None,
+        }
     }
 
     /// Whether any check failed (exit status 1).
@@ -297,7 +313,13 @@ pub fn diagnose(
             );
         }
     }
-    Report::new(checks)
+    let mut report = Report::new(checks);
+    report.policy = state.policy.as_ref().ok().map(|s| PolicyUsed {
+        source: s.origin.to_string(),
+        scope: s.policy.scope,
+        mode: s.policy.mode,
+    });
+    report
 }
 
 pub(super) fn namespaced(svc: &Service) -> String {
