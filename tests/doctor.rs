@@ -2377,6 +2377,19 @@ async fn printed_fixes_have_no_placeholders_and_their_commands_parse() {
     let mut f = healthy();
     f.set("namespaces", vec![namespace("apps", json!({}))]);
     fakes.push(f);
+    // A configuration without webhooks, and an invalid policy.
+    let mut f = healthy();
+    f.get_mut("mutatingwebhookconfigurations", "lb-l7-webhook")["webhooks"] = json!([]);
+    fakes.push(f);
+    let mut f = healthy();
+    f.set(
+        "configmaps",
+        vec![
+            cilium_config(healthy_cilium_data()),
+            policy_configmap("scope: cluster\nrules: []\n"),
+        ],
+    );
+    fakes.push(f);
     let mut fixes = Vec::new();
     for f in fakes {
         let (report, _) = examine_with(f, probing(None)).await;
@@ -2386,6 +2399,34 @@ async fn printed_fixes_have_no_placeholders_and_their_commands_parse() {
                 .checks
                 .into_iter()
                 .filter_map(|c| c.fix),
+        );
+    }
+    // --policy FILE that differs: the fix deploys it.
+    let mut opts = probing(None);
+    opts.policy_file = Some((
+        "cluster.yaml".into(),
+        Policy::from_yaml(
+            &DEFAULT_POLICY_YAML.replace("scope: namespace-opt-in", "scope: cluster"),
+        )
+        .expect("policy"),
+    ));
+    let (report, _) = examine_with(healthy(), opts).await;
+    fixes.extend(
+        report
+            .expect("ran")
+            .checks
+            .into_iter()
+            .filter_map(|c| c.fix),
+    );
+    for want in [
+        "lb-l7-webhook manifests --service",
+        "lb-l7-webhook manifests --policy policy.yaml > /dev/null",
+        "lb-l7-webhook manifests --policy cluster.yaml",
+        "lb-l7-webhook certs --service",
+    ] {
+        assert!(
+            fixes.iter().any(|f| f.contains(want)),
+            "no fix with {want:?}: {fixes:#?}"
         );
     }
     assert!(fixes.len() >= 8, "{fixes:#?}");
@@ -2399,5 +2440,5 @@ async fn printed_fixes_have_no_placeholders_and_their_commands_parse() {
         }
         commands += assert_commands_parse(fix);
     }
-    assert!(commands >= 4, "{fixes:#?}");
+    assert!(commands >= 6, "{fixes:#?}");
 }

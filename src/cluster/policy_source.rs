@@ -406,6 +406,14 @@ pub async fn discover_from(
     page_size: u32,
 ) -> Result<Discovery, ClusterError> {
     let webhook_name = mwc.metadata.name.as_deref().unwrap_or(DEFAULT_WEBHOOK_NAME);
+    if mwc.webhooks.as_ref().is_none_or(Vec::is_empty) {
+        return Ok(Err(PolicyProblem {
+            message: format!(
+                "MutatingWebhookConfiguration {webhook_name} has no webhooks, so there is no webhook Deployment to follow"
+            ),
+            fix: "kubectl apply -k deploy/overlays/namespace-opt-in (or the overlay you installed: cluster-wide, dry-run, cert-manager), or pass --policy FILE".to_string(),
+        }));
+    }
     let Some(svc_ref) = mwc
         .webhooks
         .iter()
