@@ -142,7 +142,7 @@ pub fn check_probe(
         } => c.fail(
             format!("the dry-run create of a Service in {namespace} was refused: {why}"),
             format!(
-                "a dry-run create still needs the create verb: grant it in {namespace} with deploy/doctor/probe-rbac.yaml (README, Troubleshooting), or run doctor --probe as a user who may create Services there"
+                "a dry-run create still needs the create verb: kubectl -n {namespace} create role lb-l7-webhook-doctor-probe --verb=create --resource=services && kubectl -n {namespace} create rolebinding lb-l7-webhook-doctor-probe --role=lb-l7-webhook-doctor-probe --serviceaccount=lb-l7-system:lb-l7-webhook-doctor (the same as deploy/doctor/probe-rbac.yaml for namespace {namespace}), or run doctor --probe as a user who may create Services there"
             ),
         ),
         ProbeOutcome::Refused { namespace, why, .. } => c.fail(

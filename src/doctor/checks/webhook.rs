@@ -63,8 +63,11 @@ pub fn check_ca_bundle(mwc: &MutatingWebhookConfiguration, now: i64) -> Check {
     );
     let (set, renew) = match &cert_manager {
         Some(from) => {
+            let (ns, cert) = from
+                .split_once('/')
+                .unwrap_or(("lb-l7-system", from.as_str()));
             let fix = format!(
-                "check cert-manager's Certificate {from} (kubectl describe certificate) and the cainjector's logs"
+                "kubectl -n {ns} describe certificate {cert}; then the cainjector's logs: kubectl -n cert-manager logs deploy/cert-manager-cainjector"
             );
             (fix.clone(), fix)
         }
@@ -191,7 +194,7 @@ pub fn check_webhook_endpoints(
     for (ns, name) in &services {
         let at = format!("{ns}/{name}");
         let fix_pods = format!(
-            "kubectl -n {ns} get pods,endpointslices -l kubernetes.io/service-name={name}; check the Service's selector and the webhook pods' readiness (kubectl -n {ns} describe deploy)"
+            "kubectl -n {ns} get endpointslices -l kubernetes.io/service-name={name} -o wide; kubectl -n {ns} get service {name} -o jsonpath='{{.spec.selector}}'; kubectl -n {ns} get pods --show-labels; kubectl -n {ns} describe deployments (the Service's selector must match ready webhook pods)"
         );
         match endpoints.get(&(ns.clone(), name.clone())) {
             Some(Lookup::Found(slices)) => {
