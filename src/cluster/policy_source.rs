@@ -646,6 +646,51 @@ mod tests {
     }
 
     #[test]
+    fn the_env_variable_counts_as_the_flag() {
+        let mut d = deployment(
+            json!(["serve"]),
+            json!([{"name": "policy", "mountPath": "/etc/p"}]),
+            json!([{"name": "policy", "configMap": {"name": "from-env"}}]),
+        );
+        if let Some(spec) = d.spec.template.spec.as_mut() {
+            spec.containers[0].env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                name: "LB_L7_POLICY".into(),
+                value: Some("/etc/p/rules.yaml".into()),
+                ..Default::default()
+            }]);
+        }
+        assert_eq!(
+            resolve(&d),
+            Ok(Mounted::ConfigMap {
+                name: "from-env".into(),
+                key: "rules.yaml".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_configmap_without_the_key_or_with_an_invalid_policy_is_a_problem() {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "lb-l7-system"},
+            "data": {"other.yaml": "x"}
+        }))
+        .expect("cm");
+        let origin = Origin::File("x".into());
+        let err = policy_from_configmap(&cm, "policy.yaml", origin.clone()).expect_err("no key");
+        assert_eq!(
+            err.message,
+            "ConfigMap lb-l7-system/p has no key policy.yaml (keys: other.yaml)"
+        );
+        let err = policy_from_configmap(&cm, "other.yaml", origin).expect_err("invalid");
+        assert!(
+            err.message
+                .starts_with("the policy in ConfigMap lb-l7-system/p (key other.yaml) is invalid"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
     fn no_policy_flag_is_the_built_in_default_and_a_missing_mount_is_said() {
         let d = deployment(
             json!(["serve", "--log-format", "json"]),
