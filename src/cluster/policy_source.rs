@@ -306,12 +306,22 @@ pub fn policy_from_configmap(
             ),
         });
     };
+    let restart = match &origin {
+        Origin::ConfigMap {
+            deployment: Some(d),
+            ..
+        } => {
+            let (ns, name) = d.split_once('/').unwrap_or(("", d));
+            format!(" && kubectl -n {ns} rollout restart deployment {name}")
+        }
+        _ => String::new(),
+    };
     match Policy::from_yaml(text) {
         Ok(policy) => Ok(PolicySource { policy, origin }),
         Err(e) => Err(PolicyProblem {
             message: format!("the policy in ConfigMap {at} (key {key}) is invalid: {e}"),
             fix: format!(
-                "kubectl -n {ns} get configmap {name} -o jsonpath='{{.data.{k}}}' > policy.yaml; fix it, check it with lb-l7-webhook manifests --policy policy.yaml > /dev/null, then kubectl -n {ns} create configmap {name} --from-file={key}=policy.yaml --dry-run=client -o yaml | kubectl apply -f -",
+                "kubectl -n {ns} get configmap {name} -o jsonpath='{{.data.{k}}}' > policy.yaml; fix it, check it with lb-l7-webhook manifests --policy policy.yaml > /dev/null, then kubectl -n {ns} create configmap {name} --from-file={key}=policy.yaml --dry-run=client -o yaml | kubectl apply -f -{restart}",
                 ns = cm.metadata.namespace.as_deref().unwrap_or(""),
                 name = cm.metadata.name.as_deref().unwrap_or(""),
                 k = key.replace('.', "\\."),
@@ -324,7 +334,7 @@ fn unreadable(what: &str, why: &str, resource: &str) -> PolicyProblem {
     PolicyProblem {
         message: format!("cannot read {what}: {why}"),
         fix: format!(
-            "allow get/list of {resource} (kubectl apply -k deploy/doctor grants what doctor reads), or pass --policy FILE"
+            "grant get/list of {resource}: kubectl apply -k deploy/doctor (doctor's reads) or kubectl apply -k deploy/backfill (the backfill Job's and the report CronJob's)"
         ),
     }
 }
@@ -411,7 +421,7 @@ pub async fn discover_from(
             message: format!(
                 "MutatingWebhookConfiguration {webhook_name} has no webhooks, so there is no webhook Deployment to follow"
             ),
-            fix: "kubectl apply -k deploy/overlays/namespace-opt-in (or the overlay you installed: cluster-wide, dry-run, cert-manager), or pass --policy FILE".to_string(),
+            fix: "kubectl apply -k deploy/overlays/namespace-opt-in (or the overlay you installed: cluster-wide, dry-run, cert-manager)".to_string(),
         }));
     }
     let Some(svc_ref) = mwc
@@ -424,7 +434,7 @@ pub async fn discover_from(
             message: format!(
                 "MutatingWebhookConfiguration {webhook_name} calls the webhook by url, not through an in-cluster Service, so its Deployment cannot be followed"
             ),
-            fix: "pass the policy the webhook runs with --policy FILE".to_string(),
+            fix: "name the ConfigMap that holds the webhook's policy with doctor's --policy-configmap (report and backfill: pass the policy file with --policy)".to_string(),
         }));
     };
     let (ns, svc_name) = (svc_ref.namespace.as_str(), svc_ref.name.as_str());
@@ -475,7 +485,7 @@ pub async fn discover_from(
                 }
             ),
             fix: format!(
-                "kubectl -n {ns} get deployments --show-labels; install the webhook (README, Deploy), or pass --policy FILE"
+                "kubectl -n {ns} get deployments --show-labels: the Service's selector must match the webhook Deployment's pod labels (or install the webhook: README, Deploy)"
             ),
         }));
     }
