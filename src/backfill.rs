@@ -42,7 +42,8 @@ pub const FIELD_MANAGER: &str = "lb-l7-webhook-backfill";
 /// `backfill`'s arguments. Every flag also reads an `LB_L7_*` environment variable.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackfillArgs {
-    /// Policy file (YAML), as for `serve`. Without it, the built-in default.
+    /// Policy file (YAML), as for `serve`. Without it, the policy the installed webhook runs (the built-in default
+    /// when none is installed).
     #[arg(long, env = "LB_L7_POLICY")]
     pub policy: Option<PathBuf>,
 
@@ -57,6 +58,10 @@ pub struct BackfillArgs {
     /// How many objects each list call asks for (limit/continue paging).
     #[arg(long, env = "LB_L7_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub page_size: u32,
+
+    /// The MutatingWebhookConfiguration whose webhook's policy is used when --policy is not given.
+    #[arg(long, env = "LB_L7_WEBHOOK_NAME", default_value = crate::cluster::policy_source::DEFAULT_WEBHOOK_NAME)]
+    pub webhook_name: String,
 }
 
 /// What the backfill does.
@@ -385,9 +390,35 @@ fn summary_line(s: &BackfillSummary, server_dry_run: bool, policy_dry_run: bool)
     line
 }
 
+/// Chooses the policy (`--policy FILE`, else the one the installed webhook runs), says which on the first line
+/// of `out` (and a `warning:` line when the file differs from the installed policy), then backfills.
+pub async fn backfill_chosen(
+    client: kube::Client,
+    file: Option<(PathBuf, Policy)>,
+    webhook_name: &str,
+    options: &Options,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<BackfillSummary> {
+    let chosen =
+        crate::cluster::policy_source::choose(&client, file, webhook_name, options.page_size)
+            .await?;
+    writeln!(out, "policy: {}", chosen.source.describe()).context("cannot write to stdout")?;
+    if let Some(w) = &chosen.warning {
+        writeln!(out, "warning: {w}").context("cannot write to stdout")?;
+        tracing::warn!("{w}");
+    }
+    backfill(client, &chosen.source.policy, options, out).await
+}
+
 /// The `backfill` subcommand.
 pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
-    let policy = crate::input::load_policy(args.policy.as_deref())?;
+    let file = match &args.policy {
+        Some(path) => Some((
+            path.clone(),
+            crate::input::load_policy(Some(path.as_path()))?,
+        )),
+        None => None,
+    };
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client from kubeconfig or the in-cluster config")?;
@@ -397,7 +428,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<ExitCode> {
         page_size: args.page_size,
     };
     let mut out = std::io::stdout();
-    let summary = backfill(client, &policy, &options, &mut out).await?;
+    let summary = backfill_chosen(client, file, &args.webhook_name, &options, &mut out).await?;
     out.flush().context("cannot write to stdout")?;
     if summary.failed > 0 {
         eprintln!(

@@ -20,31 +20,42 @@ fn docs(file: &str) -> Vec<Value> {
         .collect()
 }
 
-/// (resource, verb) pairs a ClusterRole grants, sorted.
-fn grants(file: &str, role: &str) -> Vec<(String, String)> {
+/// (resource, verb) pairs a ClusterRole (or the Role in lb-l7-system) grants, sorted. A resource outside the core
+/// group is `group/resource`; one limited to names is `resource:name,...`.
+fn grants_of(file: &str, kind: &str, role: &str) -> Vec<(String, String)> {
     let docs = docs(file);
     let cr = docs
         .iter()
-        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == role)
-        .expect("ClusterRole");
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == role)
+        .expect("role");
     let mut out = Vec::new();
     for rule in cr["rules"].as_array().expect("rules") {
-        assert_eq!(
-            rule["apiGroups"],
-            serde_json::json!([""]),
-            "core group only"
-        );
+        let groups = rule["apiGroups"].as_array().expect("apiGroups");
+        assert_eq!(groups.len(), 1, "one group per rule: {rule}");
+        let group = groups[0].as_str().expect("str");
+        let names: Vec<&str> = rule["resourceNames"]
+            .as_array()
+            .map(|n| n.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         for r in rule["resources"].as_array().expect("resources") {
+            let mut r = r.as_str().expect("str").to_string();
+            if !group.is_empty() {
+                r = format!("{group}/{r}");
+            }
+            if !names.is_empty() {
+                r = format!("{r}:{}", names.join(","));
+            }
             for v in rule["verbs"].as_array().expect("verbs") {
-                out.push((
-                    r.as_str().expect("str").to_string(),
-                    v.as_str().expect("str").to_string(),
-                ));
+                out.push((r.clone(), v.as_str().expect("str").to_string()));
             }
         }
     }
     out.sort();
     out
+}
+
+fn grants(file: &str, role: &str) -> Vec<(String, String)> {
+    grants_of(file, "ClusterRole", role)
 }
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -58,6 +69,10 @@ fn backfill_role_is_get_list_namespaces_and_services_and_patch_services() {
     assert_eq!(
         grants("rbac-backfill.yaml", "lb-l7-webhook-backfill"),
         pairs(&[
+            (
+                "admissionregistration.k8s.io/mutatingwebhookconfigurations:lb-l7-webhook",
+                "get"
+            ),
             ("namespaces", "get"),
             ("namespaces", "list"),
             ("services", "get"),
@@ -68,10 +83,44 @@ fn backfill_role_is_get_list_namespaces_and_services_and_patch_services() {
 }
 
 #[test]
+fn backfill_and_report_read_the_webhooks_deployments_and_its_policy_configmap_only_in_its_namespace()
+ {
+    for (file, role) in [
+        ("rbac-backfill.yaml", "lb-l7-webhook-backfill"),
+        ("rbac-report.yaml", "lb-l7-webhook-report"),
+    ] {
+        assert_eq!(
+            grants_of(file, "Role", role),
+            pairs(&[
+                ("apps/deployments", "get"),
+                ("apps/deployments", "list"),
+                ("configmaps", "get"),
+            ]),
+            "{file}"
+        );
+        let d = docs(file);
+        let role_doc = d.iter().find(|x| x["kind"] == "Role").expect("Role");
+        assert_eq!(role_doc["metadata"]["namespace"], "lb-l7-system");
+        let binding = d
+            .iter()
+            .find(|x| x["kind"] == "RoleBinding")
+            .expect("RoleBinding");
+        assert_eq!(binding["roleRef"]["name"], role);
+        assert_eq!(binding["subjects"][0]["name"], role);
+    }
+}
+
+#[test]
 fn report_role_is_read_only() {
     assert_eq!(
         grants("rbac-report.yaml", "lb-l7-webhook-report"),
         pairs(&[
+            (
+                "admissionregistration.k8s.io/mutatingwebhookconfigurations:lb-l7-webhook",
+                "get"
+            ),
+            ("discovery.k8s.io/endpointslices", "get"),
+            ("discovery.k8s.io/endpointslices", "list"),
             ("namespaces", "get"),
             ("namespaces", "list"),
             ("services", "get"),
@@ -116,11 +165,27 @@ fn bindings_and_workloads_use_their_own_service_accounts() {
 }
 
 #[test]
-fn the_policy_is_the_webhooks() {
-    let here = std::fs::read_to_string(dir().join("policy.yaml")).expect("read");
-    let base = std::fs::read_to_string(dir().join("../base/policy.yaml")).expect("read");
-    assert_eq!(
-        here, base,
-        "deploy/backfill/policy.yaml must match deploy/base/policy.yaml (copy it after changing the policy)"
+fn the_jobs_use_the_installed_webhooks_policy_not_a_copy() {
+    assert!(
+        !dir().join("policy.yaml").exists(),
+        "no copy of the policy to keep in step"
     );
+    for workload in ["job.yaml", "cronjob.yaml"] {
+        let w = &docs(workload)[0];
+        let pod = if w["kind"] == "CronJob" {
+            &w["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        } else {
+            &w["spec"]["template"]["spec"]
+        };
+        let args = &pod["containers"][0]["args"];
+        assert!(
+            !args
+                .as_array()
+                .expect("args")
+                .iter()
+                .any(|a| a == "--policy"),
+            "{workload}: {args}"
+        );
+        assert!(pod["volumes"].is_null(), "{workload}: no policy volume");
+    }
 }

@@ -1512,3 +1512,56 @@ fn schema_rejects_bad_values() {
         }
     }
 }
+
+/// `report --cluster`, `backfill` and `doctor` follow the chart's Deployment to the policy it mounts: for every
+/// render of the matrix, the webhook configuration's Service selects the Deployment's pods, and the Deployment's
+/// `--policy` resolves to the chart's policy ConfigMap (key `policy.yaml`), which holds a valid policy.
+#[test]
+fn the_installed_policy_is_followed_from_the_chart_deployment() {
+    use lb_l7_webhook::cluster::policy_source::{Mounted, resolve};
+    let Some(helm) = helm() else { return };
+    for (case, values) in matrix() {
+        let r = render(&helm, case, &values);
+        let d = r.deployment();
+        let fullname = d.metadata.name.clone().expect("name");
+        let hook_service = r.webhooks[0].webhooks.as_ref().expect("webhooks")[0]
+            .client_config
+            .service
+            .clone()
+            .expect("service");
+        let svc = r
+            .services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(hook_service.name.as_str()))
+            .unwrap_or_else(|| panic!("{case}: the webhook's Service is rendered"));
+        let selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .expect("selector");
+        let labels = d
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("pod labels");
+        assert!(
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "{case}: the Service selects the Deployment's pods"
+        );
+        let want = Mounted::ConfigMap {
+            name: format!("{fullname}-policy"),
+            key: "policy.yaml".into(),
+        };
+        assert_eq!(resolve(d), Ok(want), "{case}");
+        let cm = r.config_map(&format!("{fullname}-policy"));
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|m| m.get("policy.yaml"))
+            .expect("policy.yaml");
+        lb_l7_core::policy::Policy::from_yaml(text)
+            .unwrap_or_else(|e| panic!("{case}: the chart's policy is invalid: {e}"));
+    }
+}

@@ -37,6 +37,11 @@ struct Fake {
     unauthorized: bool,
     /// Drop every request without an answer (a broken connection).
     hang_up: bool,
+    /// Answer creates (the probe's dry-run create) with 403 Forbidden.
+    forbid_create: bool,
+    /// Namespaces where a created Service comes back annotated, as if the webhook had been called (the webhook
+    /// is not in the loop here: the fake plays the API server after admission).
+    webhook_annotates: BTreeSet<String>,
 }
 
 impl Fake {
@@ -59,6 +64,53 @@ impl Fake {
             .get_mut(plural)
             .and_then(|objs| objs.iter_mut().find(|o| o["metadata"]["name"] == name))
             .unwrap_or_else(|| panic!("fixture has no {plural}/{name}"))
+    }
+
+    /// A create (POST) or patch: the probe's dry-run create of a Service, the backfill's patches.
+    fn write(&self, method: &str, path: &str, query: &str, body: Value) -> (StatusCode, Value) {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ["api", "v1", "namespaces", ns, "services", rest @ ..] = segs.as_slice() else {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not served by the fake",
+            );
+        };
+        assert!(
+            url_params(query).get("dryRun").map(String::as_str) == Some("All"),
+            "every write in these tests is a dry run: {method} {path}?{query}"
+        );
+        if method == "POST" {
+            if self.forbid_create {
+                return status(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    &format!(
+                        "services is forbidden: User \"system:serviceaccount:lb-l7-system:lb-l7-webhook-doctor\" cannot create resource \"services\" in the namespace \"{ns}\""
+                    ),
+                );
+            }
+            if !self.resources["namespaces"]
+                .iter()
+                .any(|n| n["metadata"]["name"] == *ns)
+            {
+                return not_found(path);
+            }
+            let mut obj = body;
+            let generated = format!(
+                "{}x7k2p",
+                obj["metadata"]["generateName"].as_str().unwrap_or("")
+            );
+            obj["metadata"]["name"] = json!(generated);
+            if self.webhook_annotates.contains(*ns) {
+                obj["metadata"]["annotations"] = json!({ "service.cilium.io/lb-l7": "enabled" });
+            }
+            return (StatusCode::CREATED, obj);
+        }
+        match rest.first() {
+            Some(name) => self.answer(&format!("/api/v1/namespaces/{ns}/services/{name}"), ""),
+            None => not_found(path),
+        }
     }
 
     fn answer(&self, path: &str, query: &str) -> (StatusCode, Value) {
@@ -106,7 +158,8 @@ impl Fake {
             .filter(|o| match params.get("labelSelector") {
                 Some(sel) => sel.split(',').all(|req| match req.split_once('=') {
                     Some((k, v)) => o["metadata"]["labels"][k] == v,
-                    None => false,
+                    // `key`: the label exists.
+                    None => !o["metadata"]["labels"][req].is_null(),
                 }),
                 None => true,
             })
@@ -188,14 +241,25 @@ fn client(fake: Fake) -> (kube::Client, Log) {
         while let Some((request, send)) = handle.next_request().await {
             let path = request.uri().path().to_string();
             let query = request.uri().query().unwrap_or("").to_string();
+            let method = request.method().to_string();
             seen.lock()
                 .expect("log lock")
-                .push((request.method().to_string(), format!("{path}?{query}")));
+                .push((method.clone(), format!("{path}?{query}")));
             if fake.hang_up {
                 drop(send);
                 continue;
             }
-            let (code, body) = fake.answer(&path, &query);
+            let (code, body) = if method == "GET" {
+                fake.answer(&path, &query)
+            } else {
+                let bytes = request
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .expect("request body");
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                fake.write(&method, &path, &query, body)
+            };
             let response = Response::builder()
                 .status(code)
                 .header("content-type", "application/json")
@@ -211,7 +275,10 @@ fn options() -> DiagnoseOptions {
     DiagnoseOptions {
         webhook_name: "lb-l7-webhook".into(),
         webhook_namespace: "lb-l7-system".into(),
-        policy_configmap: "lb-l7-webhook-policy".into(),
+        policy_configmap: None,
+        policy_file: None,
+        probe: false,
+        probe_namespace: None,
         namespace: None,
         page_size: 500,
         now: NOW,
@@ -349,8 +416,41 @@ fn healthy_cilium_data() -> Value {
             "loadbalancer-l7-algorithm": "round_robin" })
 }
 
+/// The name kustomize's configMapGenerator gives the policy ConfigMap in the healthy fixture.
+const POLICY_CM: &str = "lb-l7-webhook-policy-7g9k2m5f8t";
+
+/// The policy ConfigMap the healthy fixture's Deployment mounts.
 fn policy_configmap(text: &str) -> Value {
-    generated_policy_configmap("lb-l7-webhook-policy", "2029-06-01T00:00:00Z", text)
+    generated_policy_configmap(POLICY_CM, "2029-06-01T00:00:00Z", text)
+}
+
+/// The webhook's Service (deploy/base/service.yaml).
+fn webhook_service() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "lb-l7-webhook", "namespace": "lb-l7-system",
+                      "labels": { "app.kubernetes.io/name": "lb-l7-webhook" } },
+        "spec": { "type": "ClusterIP", "clusterIP": "10.96.0.20",
+                  "selector": { "app.kubernetes.io/name": "lb-l7-webhook" },
+                  "ports": [{ "name": "https", "port": 443, "targetPort": "https", "protocol": "TCP" }] },
+    })
+}
+
+/// The webhook's Deployment as deploy/base ships it (read from the file), with the policy ConfigMap's name as
+/// kustomize's configMapGenerator rewrites it (`lb-l7-webhook-policy` -> `configmap`).
+fn kustomize_deployment(configmap: &str) -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/deployment.yaml");
+    let text = std::fs::read_to_string(path).expect("deploy/base/deployment.yaml");
+    let mut d: Value = serde_saphyr::from_str(&text).expect("deployment YAML");
+    let volumes = d["spec"]["template"]["spec"]["volumes"]
+        .as_array_mut()
+        .expect("volumes");
+    let policy = volumes
+        .iter_mut()
+        .find(|v| v["name"] == "policy")
+        .expect("policy volume");
+    policy["configMap"]["name"] = json!(configmap);
+    d
 }
 
 fn generated_policy_configmap(name: &str, created: &str, text: &str) -> Value {
@@ -365,6 +465,8 @@ fn healthy() -> Fake {
     let mut f = Fake::default();
     f.put("configmaps", cilium_config(healthy_cilium_data()));
     f.put("configmaps", policy_configmap(DEFAULT_POLICY_YAML));
+    f.put("deployments", kustomize_deployment(POLICY_CM));
+    f.put("services", webhook_service());
     f.put(
         "customresourcedefinitions",
         json!({ "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -465,7 +567,8 @@ async fn healthy_cluster_is_all_ok_and_only_read() {
         "/api/v1/namespaces/kube-system/configmaps/cilium-config?",
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ciliumenvoyconfigs.cilium.io?",
         "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/lb-l7-webhook?",
-        "/api/v1/namespaces/lb-l7-system/configmaps/lb-l7-webhook-policy?",
+        "/api/v1/namespaces/lb-l7-system/services/lb-l7-webhook?",
+        "/api/v1/namespaces/lb-l7-system/configmaps/lb-l7-webhook-policy-7g9k2m5f8t?",
     ] {
         assert!(paths.contains(&want), "{want} not requested: {paths:?}");
     }
@@ -895,13 +998,13 @@ async fn reordered_selector_values_are_not_drift() {
 #[tokio::test]
 async fn missing_or_invalid_policy_configmap_fails() {
     let mut f = healthy();
-    f.remove_named("configmaps", "lb-l7-webhook-policy");
+    f.remove_named("configmaps", POLICY_CM);
     let report = examine(f).await;
     assert_status(
         &report,
         "webhook.policy",
         Status::Fail,
-        "lb-l7-system/lb-l7-webhook-policy (or lb-l7-system/lb-l7-webhook-policy-<hash> from kustomize) not found",
+        "ConfigMap lb-l7-system/lb-l7-webhook-policy-7g9k2m5f8t, which Deployment lb-l7-system/lb-l7-webhook mounts as its policy, not found",
     );
     assert_status(
         &report,
@@ -939,33 +1042,33 @@ async fn missing_or_invalid_policy_configmap_fails() {
 }
 
 #[tokio::test]
-async fn kustomize_generated_policy_configmap_is_found_newest_first() {
-    // deploy/base's configMapGenerator names it lb-l7-webhook-policy-<hash>; old generations linger.
-    let mut f = healthy();
-    f.remove_named("configmaps", "lb-l7-webhook-policy");
-    f.put(
-        "configmaps",
-        generated_policy_configmap(
-            "lb-l7-webhook-policy-7g9k2m5f8t",
-            "2029-01-01T00:00:00Z",
-            DEFAULT_POLICY_YAML,
-        ),
-    );
-    f.put(
-        "configmaps",
-        generated_policy_configmap(
-            "unrelated-policy-7g9k2m5f8t",
-            "2029-12-01T00:00:00Z",
-            "not: a policy",
-        ),
-    );
-    let report = examine(f.clone()).await;
+async fn policy_is_followed_from_the_webhook_deployment_not_guessed_by_name() {
+    // The healthy fixture: deploy/base's Deployment mounting the kustomize-hashed ConfigMap with subPath.
+    let report = examine(healthy()).await;
     assert_status(
         &report,
         "webhook.policy",
         Status::Ok,
-        "lb-l7-system/lb-l7-webhook-policy-7g9k2m5f8t (policy.yaml)",
+        "ConfigMap lb-l7-system/lb-l7-webhook-policy-7g9k2m5f8t key policy.yaml, via Deployment lb-l7-system/lb-l7-webhook (scope namespace-opt-in, mode enforce)",
     );
+
+    // Newer ConfigMaps by the old naming rule (an unrelated generation, a plain lb-l7-webhook-policy) are not read.
+    let mut f = healthy();
+    let cluster = DEFAULT_POLICY_YAML.replace("scope: namespace-opt-in", "scope: cluster");
+    f.put(
+        "configmaps",
+        generated_policy_configmap(
+            "lb-l7-webhook-policy-b2c4d6f8h9",
+            "2029-12-01T00:00:00Z",
+            &cluster,
+        ),
+    );
+    f.put(
+        "configmaps",
+        generated_policy_configmap("lb-l7-webhook-policy", "2029-12-02T00:00:00Z", &cluster),
+    );
+    let report = examine(f.clone()).await;
+    assert_status(&report, "webhook.policy", Status::Ok, POLICY_CM);
     assert_status(
         &report,
         "webhook.drift",
@@ -973,22 +1076,16 @@ async fn kustomize_generated_policy_configmap_is_found_newest_first() {
         "match what the policy renders",
     );
 
-    // A newer generation with scope cluster: the live configuration was not re-rendered from it.
-    let cluster = DEFAULT_POLICY_YAML.replace("scope: namespace-opt-in", "scope: cluster");
-    f.put(
-        "configmaps",
-        generated_policy_configmap(
-            "lb-l7-webhook-policy-b2c4d6f8h9",
-            "2029-11-01T00:00:00Z",
-            &cluster,
-        ),
-    );
-    let report = examine(f).await;
+    // --policy-configmap names one explicitly: that one is read (and the live configuration drifts from it).
+    let mut opts = options();
+    opts.policy_configmap = Some("lb-l7-webhook-policy-b2c4d6f8h9".into());
+    let (report, _) = examine_with(f, opts).await;
+    let report = report.expect("ran");
     assert_status(
         &report,
         "webhook.policy",
         Status::Ok,
-        "lb-l7-webhook-policy-b2c4d6f8h9",
+        "ConfigMap lb-l7-system/lb-l7-webhook-policy-b2c4d6f8h9 key policy.yaml (scope cluster",
     );
     assert_status(&report, "webhook.drift", Status::Fail, "namespaceSelector");
 }
@@ -1473,6 +1570,14 @@ async fn json_output_is_what_scripts_read() {
         .expect("l7");
     assert_eq!(ok["status"], "ok");
     assert!(ok.get("fix").is_none(), "an ok check has no fix: {ok}");
+    assert_eq!(
+        v["policy"],
+        json!({
+            "source": format!("ConfigMap lb-l7-system/{POLICY_CM} key policy.yaml, via Deployment lb-l7-system/lb-l7-webhook"),
+            "scope": "namespace-opt-in",
+            "mode": "enforce",
+        })
+    );
     assert_eq!(v["summary"]["fail"], 1);
     assert_eq!(
         v["summary"]["ok"].as_u64(),
@@ -1521,6 +1626,828 @@ async fn table_output_groups_checks_and_prints_fixes_without_colour_off_a_termin
         String::from_utf8_lossy(&coloured).contains("\x1b[1;31mFAIL"),
         "colour on a terminal"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One policy source: the policy the webhook's pods mount, used and named by doctor, report and backfill
+
+/// `kubectl kustomize deploy/overlays/OVERLAY` as objects, or `None` (with a skip line) without kubectl.
+fn kustomize(overlay: &str) -> Option<Vec<Value>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/overlays")
+        .join(overlay);
+    let out = match std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("skipped: kubectl not found (it builds the kustomize overlays)");
+            return None;
+        }
+        Err(e) => panic!("kubectl kustomize {}: {e}", dir.display()),
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    Some(serde_saphyr::from_multiple(&text).expect("kustomize output"))
+}
+
+fn plural_of(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Deployment" => "deployments",
+        "ConfigMap" => "configmaps",
+        "Service" => "services",
+        "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations",
+        "Namespace" => "namespaces",
+        _ => return None,
+    })
+}
+
+/// The healthy fixture with the webhook's own objects replaced by an overlay's, as `kubectl apply -k` leaves them.
+fn apply_overlay(f: &mut Fake, docs: &[Value]) {
+    f.remove_named("deployments", "lb-l7-webhook");
+    f.remove_named("services", "lb-l7-webhook");
+    f.remove_named("mutatingwebhookconfigurations", "lb-l7-webhook");
+    for d in docs {
+        let Some(plural) = d["kind"].as_str().and_then(plural_of) else {
+            continue;
+        };
+        if plural == "namespaces" {
+            f.remove_named("namespaces", d["metadata"]["name"].as_str().unwrap_or(""));
+        }
+        f.put(plural, d.clone());
+    }
+}
+
+fn configmap_names(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .filter(|d| d["kind"] == "ConfigMap")
+        .filter_map(|d| d["metadata"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// The scenario: README's path applies the dry-run overlay, then cluster-wide. kustomize never deletes the
+/// old ConfigMap generation, so both exist (the dry-run one even looks newer here); the pods mount cluster-wide's.
+#[tokio::test]
+async fn after_dry_run_then_cluster_wide_the_doctor_reads_the_policy_the_pods_mount() {
+    let (Some(dry), Some(wide)) = (kustomize("dry-run"), kustomize("cluster-wide")) else {
+        return;
+    };
+    let dry_cm = configmap_names(&dry);
+    let wide_cm = configmap_names(&wide);
+    assert_eq!(dry_cm.len(), 1);
+    assert_eq!(wide_cm.len(), 1);
+    assert_ne!(dry_cm, wide_cm, "two generations with different hashes");
+
+    let mut f = healthy();
+    f.set("configmaps", vec![cilium_config(healthy_cilium_data())]);
+    apply_overlay(&mut f, &dry);
+    apply_overlay(&mut f, &wide);
+    // The dry-run generation stays behind (and carries the later timestamp: no "newest" rule may pick it).
+    let mut old = dry
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("dry-run ConfigMap")
+        .clone();
+    old["metadata"]["creationTimestamp"] = json!("2029-12-31T00:00:00Z");
+    f.put("configmaps", old);
+    // A gRPC Service in a namespace that never opted in: cluster-wide selects it, dry-run would never annotate it.
+    f.put("namespaces", namespace("shop", json!({})));
+    f.put(
+        "services",
+        service("shop", "orders", grpc_port(), json!({})),
+    );
+
+    let report = examine(f.clone()).await;
+    assert_status(
+        &report,
+        "webhook.policy",
+        Status::Ok,
+        &format!(
+            "ConfigMap lb-l7-system/{} key policy.yaml, via Deployment lb-l7-system/lb-l7-webhook (scope cluster, mode enforce)",
+            wide_cm[0]
+        ),
+    );
+    assert_status(&report, "effect.not-annotated", Status::Warn, "shop/orders");
+
+    // backfill --dry-run (no --policy) names the same policy first and would patch shop/orders.
+    let (client, log) = client(f.clone());
+    let mut out = Vec::new();
+    let options = lb_l7_webhook::backfill::Options {
+        namespace: None,
+        dry_run: true,
+        page_size: 500,
+    };
+    let summary =
+        lb_l7_webhook::backfill::backfill_chosen(client, None, "lb-l7-webhook", &options, &mut out)
+            .await
+            .expect("backfill ran");
+    let out = String::from_utf8(out).expect("utf-8");
+    let first = out.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(&format!(
+            "policy: ConfigMap lb-l7-system/{} key policy.yaml",
+            wide_cm[0]
+        )) && first.ends_with("(scope cluster, mode enforce)"),
+        "{out}"
+    );
+    assert_eq!(summary.patched, 1, "{out}");
+    assert!(out.contains("shop/orders"), "{out}");
+    let log = log.lock().expect("log").clone();
+    assert!(
+        log.iter().any(|(m, p)| m == "PATCH"
+            && p.starts_with("/api/v1/namespaces/shop/services/orders?")
+            && p.contains("dryRun=All")),
+        "{log:?}"
+    );
+}
+
+/// The Helm chart's shape: `<release>-policy` without a hash, extra args, a second Deployment in the namespace
+/// whose pods the webhook's Service does not select.
+#[tokio::test]
+async fn chart_style_deployment_is_followed_and_other_deployments_are_ignored() {
+    let cluster = DEFAULT_POLICY_YAML.replace("scope: namespace-opt-in", "scope: cluster");
+    let labels =
+        json!({ "app.kubernetes.io/name": "lb-l7-webhook", "app.kubernetes.io/instance": "edge" });
+    let mut f = healthy();
+    f.remove_named("deployments", "lb-l7-webhook");
+    f.put(
+        "deployments",
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "edge-lb-l7-webhook", "namespace": "lb-l7-system" },
+            "spec": { "selector": { "matchLabels": labels }, "template": {
+                "metadata": { "labels": labels },
+                "spec": {
+                    "containers": [{ "name": "webhook", "image": "lb-l7-webhook:dev",
+                        "args": ["serve", "--policy", "/etc/lb-l7-webhook/policy.yaml", "--listen", "0.0.0.0:8443",
+                                 "--cert-secret", "lb-l7-system/edge-lb-l7-webhook-tls"],
+                        "volumeMounts": [{ "name": "policy", "mountPath": "/etc/lb-l7-webhook/policy.yaml",
+                                           "subPath": "policy.yaml", "readOnly": true }] }],
+                    "volumes": [{ "name": "policy", "configMap": { "name": "edge-lb-l7-webhook-policy" } }] } } },
+        }),
+    );
+    // Left over from an old install, with other labels and another policy: not selected by the Service.
+    f.put(
+        "deployments",
+        kustomize_deployment("lb-l7-webhook-policy-oldoldoldo"),
+    );
+    f.put(
+        "configmaps",
+        generated_policy_configmap(
+            "lb-l7-webhook-policy-oldoldoldo",
+            "2029-12-01T00:00:00Z",
+            "scope: namespace-opt-in\nmode: dry-run\nrules: [{name: x, ports: {}}]\n",
+        ),
+    );
+    f.put(
+        "configmaps",
+        generated_policy_configmap(
+            "edge-lb-l7-webhook-policy",
+            "2029-01-01T00:00:00Z",
+            &cluster,
+        ),
+    );
+    f.get_mut("services", "lb-l7-webhook")["spec"]["selector"] = labels.clone();
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "webhook.policy",
+        Status::Ok,
+        "ConfigMap lb-l7-system/edge-lb-l7-webhook-policy key policy.yaml, via Deployment lb-l7-system/edge-lb-l7-webhook (scope cluster, mode enforce)",
+    );
+}
+
+#[tokio::test]
+async fn without_policy_flag_or_webhook_the_built_in_default_is_named() {
+    let mut f = healthy();
+    let d = f.get_mut("deployments", "lb-l7-webhook");
+    d["spec"]["template"]["spec"]["containers"][0]["args"] =
+        json!(["serve", "--log-format", "json"]);
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "webhook.policy",
+        Status::Ok,
+        "built-in default (Deployment lb-l7-system/lb-l7-webhook runs the webhook without --policy) (scope namespace-opt-in, mode enforce)",
+    );
+
+    let mut f = healthy();
+    f.remove_named("mutatingwebhookconfigurations", "lb-l7-webhook");
+    let (client, _) = client(f);
+    let chosen = lb_l7_webhook::cluster::policy_source::choose(&client, None, "lb-l7-webhook", 500)
+        .await
+        .expect("chosen");
+    assert_eq!(
+        chosen.source.describe(),
+        "built-in default (no webhook installed: MutatingWebhookConfiguration lb-l7-webhook not found) (scope namespace-opt-in, mode enforce)"
+    );
+    assert!(chosen.warning.is_none());
+}
+
+#[tokio::test]
+async fn a_webhook_whose_policy_cannot_be_followed_fails_the_policy_check_and_stops_report() {
+    let mut f = healthy();
+    f.forbidden.insert("deployments");
+    let report = examine(f.clone()).await;
+    assert_status(
+        &report,
+        "webhook.policy",
+        Status::Fail,
+        "cannot read Deployments in namespace lb-l7-system",
+    );
+    // report and backfill without --policy cannot guess: they stop and say how to go on.
+    let (client, _) = client(f);
+    let err = lb_l7_webhook::cluster::policy_source::choose(&client, None, "lb-l7-webhook", 500)
+        .await
+        .expect_err("unknown policy");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot tell which policy the installed webhook runs"),
+        "{text}"
+    );
+    assert!(text.contains("--policy FILE"), "{text}");
+}
+
+#[tokio::test]
+async fn report_cluster_uses_the_installed_policy_and_says_which() {
+    let cluster = DEFAULT_POLICY_YAML.replace("scope: namespace-opt-in", "scope: cluster");
+    let mut f = healthy();
+    f.set(
+        "configmaps",
+        vec![
+            cilium_config(healthy_cilium_data()),
+            policy_configmap(&cluster),
+        ],
+    );
+    f.put("namespaces", namespace("shop", json!({})));
+    f.put(
+        "services",
+        service("shop", "orders", grpc_port(), json!({})),
+    );
+    let (c1, _) = client(f.clone());
+    let client = c1;
+    let chosen = lb_l7_webhook::cluster::policy_source::choose(&client, None, "lb-l7-webhook", 500)
+        .await
+        .expect("chosen");
+    let report = lb_l7_webhook::report::cluster_report(&client, &chosen, None, 500)
+        .await
+        .expect("report");
+    let orders = report
+        .services
+        .iter()
+        .find(|e| e.namespace == "shop" && e.name == "orders")
+        .expect("shop/orders");
+    assert_eq!(orders.decision, lb_l7_core::policy::DecisionKind::Enable);
+    let want = format!(
+        "ConfigMap lb-l7-system/{POLICY_CM} key policy.yaml, via Deployment lb-l7-system/lb-l7-webhook (scope cluster, mode enforce)"
+    );
+    let mut table = Vec::new();
+    lb_l7_webhook::report::write_report(
+        &mut table,
+        &report,
+        lb_l7_webhook::report::OutputFormat::Table,
+        false,
+    )
+    .expect("table");
+    let table = String::from_utf8(table).expect("utf-8");
+    assert_eq!(
+        table.lines().next(),
+        Some(format!("policy: {want}").as_str()),
+        "{table}"
+    );
+    let mut js = Vec::new();
+    lb_l7_webhook::report::write_report(
+        &mut js,
+        &report,
+        lb_l7_webhook::report::OutputFormat::Json,
+        false,
+    )
+    .expect("json");
+    let js: Value = serde_json::from_slice(&js).expect("json");
+    assert_eq!(js["policy"]["source"], json!(want));
+    assert_eq!(js["policy"]["scope"], "cluster");
+    assert_eq!(js["policy"]["mode"], "enforce");
+
+    // --policy FILE that differs from the installed one: used, and warned about in the table and JSON.
+    let (client, _) = self::client(f);
+    let chosen = lb_l7_webhook::cluster::policy_source::choose(
+        &client,
+        Some(("my-policy.yaml".into(), Policy::default())),
+        "lb-l7-webhook",
+        500,
+    )
+    .await
+    .expect("chosen");
+    let warning = chosen.warning.clone().expect("a warning");
+    assert!(
+        warning.starts_with("--policy my-policy.yaml differs from the policy the installed webhook runs (ConfigMap lb-l7-system/"),
+        "{warning}"
+    );
+    let report = lb_l7_webhook::report::cluster_report(&client, &chosen, None, 500)
+        .await
+        .expect("report");
+    assert_eq!(
+        report.policy.source.as_deref(),
+        Some("file my-policy.yaml (scope namespace-opt-in, mode enforce)")
+    );
+    assert_eq!(report.policy.warning.as_deref(), Some(warning.as_str()));
+
+    // The same file as the installed policy: no warning.
+    let (client, _) = self::client(healthy());
+    let chosen = lb_l7_webhook::cluster::policy_source::choose(
+        &client,
+        Some(("same.yaml".into(), Policy::default())),
+        "lb-l7-webhook",
+        500,
+    )
+    .await
+    .expect("chosen");
+    assert!(chosen.warning.is_none(), "{:?}", chosen.warning);
+}
+
+#[tokio::test]
+async fn doctor_policy_flag_that_differs_warns() {
+    let cluster = DEFAULT_POLICY_YAML.replace("scope: namespace-opt-in", "scope: cluster");
+    let mut opts = options();
+    opts.policy_file = Some((
+        "cluster.yaml".into(),
+        Policy::from_yaml(&cluster).expect("policy"),
+    ));
+    let (report, _) = examine_with(healthy(), opts).await;
+    let report = report.expect("ran");
+    assert_status(
+        &report,
+        "webhook.policy",
+        Status::Warn,
+        "--policy cluster.yaml differs from it",
+    );
+    let fix = check(&report, "webhook.policy")
+        .fix
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        fix.contains(&format!("kubectl -n lb-l7-system create configmap {POLICY_CM} --from-file=policy.yaml=cluster.yaml"))
+            && fix.contains("kubectl -n lb-l7-system rollout restart deployment lb-l7-webhook"),
+        "{fix}"
+    );
+
+    let mut opts = options();
+    opts.policy_file = Some(("same.yaml".into(), Policy::default()));
+    let (report, _) = examine_with(healthy(), opts).await;
+    assert_status(
+        &report.expect("ran"),
+        "webhook.policy",
+        Status::Ok,
+        "scope namespace-opt-in",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Named targetPorts, resolved through EndpointSlices
+
+fn service_slice(ns: &str, svc: &str, port_name: &str, number: i32) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": format!("{svc}-abcde"), "namespace": ns,
+                      "labels": { "kubernetes.io/service-name": svc } },
+        "addressType": "IPv4",
+        "endpoints": [ { "addresses": ["10.0.0.7"], "conditions": { "ready": true } } ],
+        "ports": [ { "name": port_name, "port": number, "protocol": "TCP" } ],
+    })
+}
+
+#[tokio::test]
+async fn named_target_ports_warn_only_when_they_resolve_to_another_number() {
+    let named = json!([{ "name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP" }]);
+    let mut f = healthy();
+    // The demo Service's shape: targetPort grpc resolves to 50051 in the pods.
+    f.put(
+        "services",
+        service("apps", "goappserver", named.clone(), enabled()),
+    );
+    f.put(
+        "ciliumenvoyconfigs",
+        cec("apps", "cilium-envoy-lb-goappserver"),
+    );
+    f.put(
+        "endpointslices",
+        service_slice("apps", "goappserver", "grpc", 50051),
+    );
+    let report = examine(f.clone()).await;
+    assert_status(
+        &report,
+        "effect.pitfalls",
+        Status::Ok,
+        "no annotated Service",
+    );
+
+    // Another Service whose named targetPort resolves to 9000.
+    f.put(
+        "services",
+        service("apps", "moved", named.clone(), enabled()),
+    );
+    f.put("ciliumenvoyconfigs", cec("apps", "cilium-envoy-lb-moved"));
+    f.put(
+        "endpointslices",
+        service_slice("apps", "moved", "grpc", 9000),
+    );
+    let report = examine(f.clone()).await;
+    let c = check(&report, "effect.pitfalls");
+    assert_eq!(c.status, Status::Warn, "{c:#?}");
+    assert_eq!(
+        c.objects,
+        vec![
+            "apps/moved: port grpc (50051/TCP) has targetPort grpc (resolves to 9000): Cilium's L7 redirect has known bugs when targetPort differs from port"
+        ]
+    );
+
+    // report --cluster resolves them the same way.
+    let (client, _) = client(f);
+    let chosen = lb_l7_webhook::cluster::policy_source::choose(&client, None, "lb-l7-webhook", 500)
+        .await
+        .expect("chosen");
+    let report = lb_l7_webhook::report::cluster_report(&client, &chosen, None, 500)
+        .await
+        .expect("report");
+    let warnings = |name: &str| {
+        report
+            .services
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.warnings.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        warnings("goappserver").is_empty(),
+        "{:?}",
+        warnings("goappserver")
+    );
+    assert_eq!(warnings("moved").len(), 1, "{:?}", warnings("moved"));
+    assert!(warnings("moved")[0].contains("resolves to 9000"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// doctor --probe: a server-side dry-run create that must come back annotated
+
+fn probing(ns: Option<&str>) -> DiagnoseOptions {
+    let mut o = options();
+    o.probe = true;
+    o.probe_namespace = ns.map(String::from);
+    o
+}
+
+#[tokio::test]
+async fn probe_is_off_by_default_and_ok_when_the_service_comes_back_annotated() {
+    let report = examine(healthy()).await;
+    assert!(report.get("webhook.probe").is_none());
+
+    let mut f = healthy();
+    f.webhook_annotates.insert("apps".into());
+    let (report, log) = examine_with(f, probing(None)).await;
+    let report = report.expect("ran");
+    assert_status(
+        &report,
+        "webhook.probe",
+        Status::Ok,
+        "a dry-run Service in apps came back with service.cilium.io/lb-l7=enabled",
+    );
+    let log = log.lock().expect("log").clone();
+    let posts: Vec<&String> = log
+        .iter()
+        .filter(|(m, _)| m == "POST")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(posts.len(), 1, "{log:?}");
+    assert!(
+        posts[0].starts_with("/api/v1/namespaces/apps/services?")
+            && posts[0].contains("dryRun=All"),
+        "{posts:?}"
+    );
+}
+
+#[tokio::test]
+async fn probe_fails_naming_the_likely_cause_when_not_annotated() {
+    // Everything looks fine, but the API server's call fails (a caBundle for another CA): fail open, no annotation.
+    let (report, _) = examine_with(healthy(), probing(None)).await;
+    let report = report.expect("ran");
+    assert_status(
+        &report,
+        "webhook.probe",
+        Status::Fail,
+        "came back without service.cilium.io/lb-l7",
+    );
+    let c = check(&report, "webhook.probe");
+    assert!(
+        c.message
+            .contains("lb_l7_webhook_tls_handshake_failures_total"),
+        "{c:#?}"
+    );
+    assert!(
+        c.fix
+            .as_deref()
+            .is_some_and(|f| f.starts_with("kubectl -n lb-l7-system logs deploy/lb-l7-webhook")),
+        "{c:#?}"
+    );
+
+    // No ready endpoints: that is named as the cause.
+    let mut f = healthy();
+    f.set("endpointslices", vec![endpoint_slice(Some(false))]);
+    let (report, _) = examine_with(f, probing(None)).await;
+    let report = report.expect("ran");
+    assert_status(
+        &report,
+        "webhook.probe",
+        Status::Fail,
+        "likely cause: the webhook is unreachable",
+    );
+}
+
+#[tokio::test]
+async fn probe_with_a_dry_run_policy_expects_no_annotation() {
+    let dry = DEFAULT_POLICY_YAML.replace("mode: enforce", "mode: dry-run");
+    assert_ne!(dry, DEFAULT_POLICY_YAML);
+    let mut f = healthy();
+    f.set(
+        "configmaps",
+        vec![cilium_config(healthy_cilium_data()), policy_configmap(&dry)],
+    );
+    let (report, _) = examine_with(f, probing(None)).await;
+    assert_status(
+        &report.expect("ran"),
+        "webhook.probe",
+        Status::Ok,
+        "the policy's mode is dry-run",
+    );
+}
+
+#[tokio::test]
+async fn probe_skips_with_a_warning_when_no_namespace_is_opted_in_and_uses_probe_namespace() {
+    let mut f = healthy();
+    f.set(
+        "namespaces",
+        vec![
+            namespace("apps", json!({})),
+            namespace("kube-system", json!({})),
+        ],
+    );
+    let (report, log) = examine_with(f.clone(), probing(None)).await;
+    let report = report.expect("ran");
+    assert_status(
+        &report,
+        "webhook.probe",
+        Status::Warn,
+        "no namespace is opted in",
+    );
+    assert!(log.lock().expect("log").iter().all(|(m, _)| m == "GET"));
+
+    f.webhook_annotates.insert("kube-system".into());
+    let (report, log) = examine_with(f, probing(Some("kube-system"))).await;
+    assert_status(
+        &report.expect("ran"),
+        "webhook.probe",
+        Status::Ok,
+        "in kube-system",
+    );
+    assert!(
+        log.lock()
+            .expect("log")
+            .iter()
+            .any(|(m, p)| m == "POST" && p.starts_with("/api/v1/namespaces/kube-system/services?"))
+    );
+}
+
+#[tokio::test]
+async fn probe_without_create_permission_fails_with_the_rbac_fix() {
+    let mut f = healthy();
+    f.forbid_create = true;
+    let (report, _) = examine_with(f, probing(None)).await;
+    let report = report.expect("ran");
+    assert_status(&report, "webhook.probe", Status::Fail, "was refused");
+    let fix = check(&report, "webhook.probe")
+        .fix
+        .clone()
+        .unwrap_or_default();
+    assert!(fix.contains("deploy/doctor/probe-rbac.yaml"), "{fix}");
+}
+
+#[tokio::test]
+async fn deploy_doctor_probe_rbac_allows_the_probe_and_nothing_else() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/doctor/probe-rbac.yaml");
+    let text = std::fs::read_to_string(path).expect("probe-rbac.yaml");
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("parses");
+    let role = docs.iter().find(|d| d["kind"] == "Role").expect("Role");
+    assert_eq!(
+        role["rules"],
+        json!([{ "apiGroups": [""], "resources": ["services"], "verbs": ["create"] }])
+    );
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding")
+        .expect("RoleBinding");
+    assert_eq!(
+        binding["metadata"]["namespace"],
+        role["metadata"]["namespace"]
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": "lb-l7-webhook-doctor", "namespace": "lb-l7-system" }])
+    );
+    // The probe in the Role's namespace is allowed; with the fake's annotation it passes.
+    let ns = role["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace")
+        .to_string();
+    let mut f = healthy();
+    f.put(
+        "namespaces",
+        namespace(&ns, json!({ "lb-l7-webhook/enabled": "true" })),
+    );
+    f.webhook_annotates.insert(ns.clone());
+    let (report, log) = examine_with(f, probing(None)).await;
+    assert_status(
+        &report.expect("ran"),
+        "webhook.probe",
+        Status::Ok,
+        &format!("in {ns}"),
+    );
+    let log = log.lock().expect("log").clone();
+    for (method, url) in log.iter().filter(|(m, _)| m != "GET") {
+        let (group, resource, req_ns, _) = request_target(url.split('?').next().unwrap_or(""));
+        assert_eq!(
+            (
+                method.as_str(),
+                group.as_str(),
+                resource.as_str(),
+                req_ns.as_deref()
+            ),
+            ("POST", "", "services", Some(ns.as_str()))
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fixes that work as printed
+
+/// Every `lb-l7-webhook SUBCOMMAND ...` command in a fix, parsed by the real clap definitions of that subcommand.
+/// Returns how many were parsed.
+fn assert_commands_parse(fix: &str) -> usize {
+    use clap::{Args, Command};
+    let words: Vec<&str> = fix.split_whitespace().collect();
+    let mut parsed = 0;
+    for (i, w) in words.iter().enumerate() {
+        if w.trim_start_matches(['`', '(']) != "lb-l7-webhook" {
+            continue;
+        }
+        // `--service lb-l7-webhook --namespace ...`: a value, not a command.
+        let Some(sub) = words.get(i + 1).filter(|s| !s.starts_with('-')) else {
+            continue;
+        };
+        if i > 0 && words[i - 1].starts_with('-') {
+            continue;
+        }
+        let sub = sub.trim_end_matches([',', ')', ';', '`']);
+        let cmd = match sub {
+            "manifests" => lb_l7_webhook::manifests::ManifestsArgs::augment_args(Command::new("x")),
+            "certs" => lb_l7_webhook::certs::CertsArgs::augment_args(Command::new("x")),
+            "backfill" => lb_l7_webhook::backfill::BackfillArgs::augment_args(Command::new("x")),
+            "doctor" => lb_l7_webhook::doctor::DoctorArgs::augment_args(Command::new("x")),
+            "report" => lb_l7_webhook::report::ReportArgs::augment_args(Command::new("x")),
+            other => panic!("fix names an unknown subcommand {other:?}: {fix}"),
+        };
+        let mut argv = vec!["x".to_string()];
+        if !words[i + 1].ends_with([',', ')', ';', '`']) {
+            for w in &words[i + 2..] {
+                if w.starts_with(['|', '>', ';', '&', '(']) || *w == "then" || *w == "or" {
+                    break;
+                }
+                let clean = w.trim_end_matches([',', ')', ';', '`']);
+                argv.push(clean.to_string());
+                if clean.len() != w.len() {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = cmd.try_get_matches_from(&argv) {
+            panic!(
+                "fix command `lb-l7-webhook {sub} {}` does not parse: {e}\nin: {fix}",
+                argv[1..].join(" ")
+            );
+        }
+        parsed += 1;
+    }
+    parsed
+}
+
+#[tokio::test]
+async fn printed_fixes_have_no_placeholders_and_their_commands_parse() {
+    // A cluster where many checks fail or warn at once.
+    let mut f = healthy();
+    f.remove_named("mutatingwebhookconfigurations", "lb-l7-webhook");
+    let mut fakes = vec![f];
+    let mut f = healthy();
+    f.set("endpointslices", vec![]);
+    set_ca(&mut f, &ca_pem(NOW - 100 * DAY, NOW - DAY));
+    let mwc = f.get_mut("mutatingwebhookconfigurations", "lb-l7-webhook");
+    mwc["webhooks"][0]["failurePolicy"] = json!("Fail");
+    mwc["webhooks"][0]["timeoutSeconds"] = json!(30);
+    mwc["webhooks"][0]
+        .as_object_mut()
+        .expect("hook")
+        .remove("objectSelector");
+    f.put(
+        "services",
+        service(
+            "apps",
+            "old",
+            grpc_port(),
+            json!({ "io.cilium.service/lb-l7": "enabled" }),
+        ),
+    );
+    f.put(
+        "services",
+        service(
+            "apps",
+            "shouty",
+            grpc_port(),
+            json!({ "service.cilium.io/lb-l7": "Enabled" }),
+        ),
+    );
+    f.put("services", service("apps", "new", grpc_port(), json!({})));
+    f.set("ciliumenvoyconfigs", vec![]);
+    fakes.push(f);
+    let mut f = healthy();
+    f.set("namespaces", vec![namespace("apps", json!({}))]);
+    fakes.push(f);
+    // A configuration without webhooks, and an invalid policy.
+    let mut f = healthy();
+    f.get_mut("mutatingwebhookconfigurations", "lb-l7-webhook")["webhooks"] = json!([]);
+    fakes.push(f);
+    let mut f = healthy();
+    f.set(
+        "configmaps",
+        vec![
+            cilium_config(healthy_cilium_data()),
+            policy_configmap("scope: cluster\nrules: []\n"),
+        ],
+    );
+    fakes.push(f);
+    let mut fixes = Vec::new();
+    for f in fakes {
+        let (report, _) = examine_with(f, probing(None)).await;
+        fixes.extend(
+            report
+                .expect("ran")
+                .checks
+                .into_iter()
+                .filter_map(|c| c.fix),
+        );
+    }
+    // --policy FILE that differs: the fix deploys it.
+    let mut opts = probing(None);
+    opts.policy_file = Some((
+        "cluster.yaml".into(),
+        Policy::from_yaml(
+            &DEFAULT_POLICY_YAML.replace("scope: namespace-opt-in", "scope: cluster"),
+        )
+        .expect("policy"),
+    ));
+    let (report, _) = examine_with(healthy(), opts).await;
+    fixes.extend(
+        report
+            .expect("ran")
+            .checks
+            .into_iter()
+            .filter_map(|c| c.fix),
+    );
+    for want in [
+        "lb-l7-webhook manifests --service",
+        "lb-l7-webhook manifests --policy policy.yaml > /dev/null",
+        "lb-l7-webhook manifests --policy cluster.yaml",
+        "lb-l7-webhook certs --service",
+    ] {
+        assert!(
+            fixes.iter().any(|f| f.contains(want)),
+            "no fix with {want:?}: {fixes:#?}"
+        );
+    }
+    assert!(fixes.len() >= 8, "{fixes:#?}");
+    let mut commands = 0;
+    for fix in &fixes {
+        for placeholder in ["<", "NS NAME", " NS ", "NAME "] {
+            assert!(
+                !fix.contains(placeholder),
+                "placeholder {placeholder:?} in fix: {fix}"
+            );
+        }
+        commands += assert_commands_parse(fix);
+    }
+    assert!(commands >= 6, "{fixes:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@
 //! - a transport error (API server unreachable, timeout) and 401 (credentials rejected) end the run: there is no
 //!   usable API server, see [`ClusterError`].
 
+pub mod policy_source;
+pub mod target_ports;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 

@@ -1,4 +1,5 @@
-//! The doctor's thin fetch layer: read-only calls through a `kube::Client`, turned into a [`ClusterState`].
+//! The doctor's thin fetch layer: read-only calls through a `kube::Client`, turned into a [`ClusterState`]; the one
+//! write is `--probe`'s dry-run create (`dryRun=All`, nothing is stored), off by default.
 //!
 //! Every read is a get or a (paged) list. What the API server answers is data for the checks: 404 becomes
 //! [`Lookup::Missing`] (a missing CRD included), any other API error (403 from RBAC, 500, ...) becomes
@@ -10,18 +11,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectList};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectList, PostParams,
+};
+use lb_l7_core::policy::Policy;
 
+use crate::cluster::policy_source::{self, Origin, PolicyProblem, PolicySource};
+use crate::cluster::target_ports;
 use crate::cluster::{ClusterError, Lookup, lookup as classify, paged, read_inventory};
 
 use super::checks::{
     CILIUM_AGENT_DAEMONSET, CILIUM_CONFIG_NAME, CILIUM_CONFIG_NAMESPACE, ClusterState,
-    DiagnoseOptions, ENVOY_CONFIG_CRD, ENVOY_DAEMONSET, EnvoyConfigSummary, RECONCILER_LEASE,
-    webhook_services,
+    DiagnoseOptions, ENVOY_CONFIG_CRD, ENVOY_DAEMONSET, EnvoyConfigSummary, ProbeOutcome,
+    ProbeTarget, RECONCILER_LEASE, probe_service, probe_target, unreadable_fix, webhook_services,
 };
 
 /// CiliumEnvoyConfig: a CRD (cilium.io/v2), read as a dynamic object so no Cilium types are needed.
@@ -57,38 +63,6 @@ fn summarize_page(
     }
 }
 
-/// Whether `name` is `base` plus a kustomize content-hash suffix (`-` and 10 lowercase letters or digits).
-pub fn is_generated_name(name: &str, base: &str) -> bool {
-    name.strip_prefix(base)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|hash| {
-            hash.len() == 10
-                && hash
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-}
-
-/// The newest ConfigMap generated from `base` (kustomize keeps old generations until they are pruned).
-fn newest_generation(all: Vec<ConfigMap>, base: &str) -> Option<ConfigMap> {
-    all.into_iter()
-        .filter(|cm| {
-            cm.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| is_generated_name(n, base))
-        })
-        .max_by(|a, b| {
-            let key = |cm: &ConfigMap| {
-                (
-                    cm.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                    cm.metadata.name.clone(),
-                )
-            };
-            key(a).cmp(&key(b))
-        })
-}
-
 /// Reads everything the checks need. Independent reads run concurrently.
 pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterState, ClusterError> {
     let ns = opts.namespace.as_deref();
@@ -114,30 +88,6 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
             api.get(&opts.webhook_name).await,
         )
     };
-    let policy_config = async {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &opts.webhook_namespace);
-        let what = format!(
-            "ConfigMap {}/{}",
-            opts.webhook_namespace, opts.policy_configmap
-        );
-        match classify(&what, api.get(&opts.policy_configmap).await)? {
-            // kustomize's configMapGenerator appends a content hash to the name (deploy/base does).
-            Lookup::Missing => {
-                let listed = paged(ListParams::default(), opts.page_size, |lp| {
-                    let api = api.clone();
-                    async move { api.list(&lp).await }
-                })
-                .await;
-                Ok(match classify(&what, listed)? {
-                    Lookup::Found(all) => newest_generation(all, &opts.policy_configmap)
-                        .map_or(Lookup::Missing, Lookup::Found),
-                    // Not allowed to list: report the get's 404, which is what was asked for.
-                    Lookup::Missing | Lookup::Unreadable(_) => Lookup::Missing,
-                })
-            }
-            other => Ok(other),
-        }
-    };
     let inventory = read_inventory(client, ns, opts.page_size);
     let envoy_config_objects = async {
         let ar = cilium_envoy_config_resource();
@@ -156,10 +106,61 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
 
     // First, alone: when the API server cannot be reached, one request fails (and logs) instead of seven.
     let cilium_config = cilium_config.await?;
-    let (envoy_config_crd, webhook, policy_config, inventory, envoy_config_objects) =
-        tokio::join!(crd, webhook, policy_config, inventory, envoy_config_objects);
+    let (envoy_config_crd, webhook, inventory, envoy_config_objects) =
+        tokio::join!(crd, webhook, inventory, envoy_config_objects);
     let inventory = inventory?;
     let webhook = webhook?;
+
+    // The policy the webhook runs: the ConfigMap named by --policy-configmap, else followed from the webhook's
+    // Deployment (never "the newest ConfigMap by name": kustomize keeps old generations).
+    let policy = match (&opts.policy_configmap, &webhook) {
+        (Some(name), _) => {
+            policy_source::read_named_configmap(client, &opts.webhook_namespace, name).await?
+        }
+        (None, Lookup::Found(mwc)) => {
+            policy_source::discover_from(client, mwc, opts.page_size).await?
+        }
+        (None, Lookup::Missing) => Ok(PolicySource {
+            policy: Policy::default(),
+            origin: Origin::BuiltInNoWebhook {
+                webhook: opts.webhook_name.clone(),
+            },
+        }),
+        (None, Lookup::Unreadable(why)) => Err(PolicyProblem {
+            message: format!(
+                "cannot read MutatingWebhookConfiguration {}, so its Deployment and policy cannot be followed: {why}",
+                opts.webhook_name
+            ),
+            fix: unreadable_fix("mutatingwebhookconfigurations"),
+        }),
+    };
+
+    let target_ports = match &inventory.services {
+        Lookup::Found(services) => {
+            target_ports::read_resolved_ports(client, services, opts.page_size).await?
+        }
+        Lookup::Missing => Lookup::Missing,
+        Lookup::Unreadable(why) => Lookup::Unreadable(why.clone()),
+    };
+
+    let probe = if opts.probe {
+        let effective = policy
+            .as_ref()
+            .map(|s| s.policy.clone())
+            .unwrap_or_default();
+        Some(
+            match probe_target(
+                &effective,
+                &inventory.namespaces,
+                opts.probe_namespace.as_deref(),
+            ) {
+                ProbeTarget::Skip(why) => ProbeOutcome::Skipped(why),
+                ProbeTarget::Namespace(ns) => run_probe(client, &ns).await?,
+            },
+        )
+    } else {
+        None
+    };
 
     let mut webhook_endpoints = BTreeMap::new();
     if let Lookup::Found(mwc) = &webhook {
@@ -218,7 +219,7 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         envoy_config_crd: envoy_config_crd?,
         webhook,
         webhook_endpoints,
-        policy_config: policy_config?,
+        policy,
         services: inventory.services,
         namespaces: inventory.namespaces,
         envoy_configs: match &envoy_config_objects {
@@ -235,34 +236,35 @@ pub async fn fetch(client: &Client, opts: &DiagnoseOptions) -> Result<ClusterSta
         envoy_config_objects,
         clusterwide_envoy_configs: clusterwide_envoy_configs?,
         reconciler_lease: reconciler_lease?,
+        target_ports,
+        probe,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::is_generated_name;
-
-    #[test]
-    fn kustomize_generated_names() {
-        assert!(is_generated_name(
-            "lb-l7-webhook-policy-7g9k2m5f8t",
-            "lb-l7-webhook-policy"
-        ));
-        assert!(!is_generated_name(
-            "lb-l7-webhook-policy",
-            "lb-l7-webhook-policy"
-        ));
-        assert!(!is_generated_name(
-            "lb-l7-webhook-policy-old",
-            "lb-l7-webhook-policy"
-        ));
-        assert!(!is_generated_name(
-            "lb-l7-webhook-policy-7G9K2M5F8T",
-            "lb-l7-webhook-policy"
-        ));
-        assert!(!is_generated_name(
-            "other-7g9k2m5f8t",
-            "lb-l7-webhook-policy"
-        ));
-    }
+/// The probe's one write: a server-side dry-run create (`dryRun=All`: admission runs, nothing is stored).
+async fn run_probe(client: &Client, namespace: &str) -> Result<ProbeOutcome, ClusterError> {
+    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some("lb-l7-webhook-doctor".to_string()),
+    };
+    let what = format!("a dry-run create of a Service in namespace {namespace}");
+    let result = api.create(&params, &probe_service(namespace)).await;
+    let forbidden = matches!(&result, Err(kube::Error::Api(s)) if s.code == 403);
+    Ok(match classify(&what, result)? {
+        Lookup::Found(service) => ProbeOutcome::Created {
+            namespace: namespace.to_string(),
+            annotations: service.metadata.annotations.unwrap_or_default(),
+        },
+        Lookup::Missing => ProbeOutcome::Refused {
+            namespace: namespace.to_string(),
+            forbidden: false,
+            why: format!("namespace {namespace} not found (HTTP 404)"),
+        },
+        Lookup::Unreadable(why) => ProbeOutcome::Refused {
+            namespace: namespace.to_string(),
+            forbidden,
+            why,
+        },
+    })
 }

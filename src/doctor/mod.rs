@@ -1,6 +1,6 @@
 //! `lb-l7-webhook doctor`: is Cilium ready, is the webhook wired, and did Envoy configs really appear?
 //!
-//! Three layers: [`fetch`] reads the cluster (read-only: get and list), [`checks`] turns what was read into
+//! Three layers: [`fetch`] reads the cluster (get and list; with `--probe` one dry-run create), [`checks`] turns what was read into
 //! ok / warn / fail results with a one-line fix each (pure, no IO), and [`render`] prints them.
 //!
 //! Exit status: 0 when no check fails (warnings allowed), 1 when at least one check fails, 2 when the doctor could
@@ -28,8 +28,6 @@ use lb_l7_core::render::{RenderOptions, render_webhook_configuration};
 
 /// The MutatingWebhookConfiguration's name in the shipped manifests.
 pub const DEFAULT_WEBHOOK_NAME: &str = "lb-l7-webhook";
-/// The policy ConfigMap's name in the shipped manifests (its key is `policy.yaml`).
-pub const DEFAULT_POLICY_CONFIGMAP: &str = "lb-l7-webhook-policy";
 
 /// The longest a whole run may take (every read, all pages); beyond it the doctor gives up with exit status 2.
 pub const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -59,13 +57,30 @@ pub struct DoctorArgs {
     #[arg(long, env = "LB_L7_WEBHOOK_NAME", default_value = DEFAULT_WEBHOOK_NAME)]
     pub webhook_name: String,
 
-    /// Namespace the webhook runs in (where its policy ConfigMap is).
+    /// Namespace of the ConfigMap named by --policy-configmap.
     #[arg(long, env = "LB_L7_WEBHOOK_NAMESPACE", default_value = WEBHOOK_NAMESPACE)]
     pub webhook_namespace: String,
 
-    /// Name of the ConfigMap that holds the webhook's policy (key `policy.yaml`, or its only key).
-    #[arg(long, env = "LB_L7_POLICY_CONFIGMAP", default_value = DEFAULT_POLICY_CONFIGMAP)]
-    pub policy_configmap: String,
+    /// Read the webhook's policy from this ConfigMap (key `policy.yaml`, or its only key) instead of the one the
+    /// webhook's Deployment mounts (followed from the MutatingWebhookConfiguration, its Service and Deployment).
+    #[arg(long, env = "LB_L7_POLICY_CONFIGMAP")]
+    pub policy_configmap: Option<String>,
+
+    /// A policy file to compare with the policy the webhook runs: a warning when they differ. The checks use the
+    /// policy the webhook runs.
+    #[arg(long, env = "LB_L7_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
+
+    /// End-to-end probe (check webhook.probe): a server-side dry-run create (dryRun=All, nothing is stored) of a
+    /// Service with a port named grpc in a namespace the policy selects, which must come back annotated. Needs
+    /// `create` on Services there (deploy/doctor/probe-rbac.yaml).
+    #[arg(long, env = "LB_L7_DOCTOR_PROBE")]
+    pub probe: bool,
+
+    /// The namespace --probe creates its dry-run Service in (default: `default` when the policy selects it, else
+    /// the first namespace it selects).
+    #[arg(long, env = "LB_L7_DOCTOR_PROBE_NAMESPACE", requires = "probe")]
+    pub probe_namespace: Option<String>,
 
     /// Items per list call (Services, Namespaces, CiliumEnvoyConfigs, EndpointSlices), read page by page.
     #[arg(long, env = "LB_L7_PAGE_SIZE", default_value_t = crate::cluster::DEFAULT_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
@@ -73,15 +88,25 @@ pub struct DoctorArgs {
 }
 
 impl DoctorArgs {
-    pub fn options(&self, now: i64) -> DiagnoseOptions {
-        DiagnoseOptions {
+    pub fn options(&self, now: i64) -> anyhow::Result<DiagnoseOptions> {
+        let policy_file = match &self.policy {
+            Some(path) => Some((
+                path.clone(),
+                crate::input::load_policy(Some(path.as_path()))?,
+            )),
+            None => None,
+        };
+        Ok(DiagnoseOptions {
             webhook_name: self.webhook_name.clone(),
             webhook_namespace: self.webhook_namespace.clone(),
             policy_configmap: self.policy_configmap.clone(),
+            policy_file,
+            probe: self.probe,
+            probe_namespace: self.probe_namespace.clone(),
             namespace: self.namespace.clone(),
             page_size: self.page_size,
             now,
-        }
+        })
     }
 }
 
@@ -140,7 +165,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let client = kube::Client::try_default().await.context(
         "cannot configure a Kubernetes client (no usable kubeconfig or in-cluster service account)",
     )?;
-    let opts = args.options(unix_now());
+    let opts = args.options(unix_now())?;
     let report = tokio::time::timeout(RUN_TIMEOUT, examine(&client, &opts))
         .await
         .map_err(|_| {

@@ -19,6 +19,8 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Service;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::policy_source::Chosen;
+use crate::cluster::target_ports::ResolvedPorts;
 pub use crate::input::manifests::{FoundService, Inventory, SourceError, namespace_of};
 use lb_l7_core::policy::{
     CompiledPolicy, Decision, DecisionKind, Mode, Policy, Scope, cilium_envoy_config_name,
@@ -68,7 +70,8 @@ pub struct ReportArgs {
     #[arg(long, short = 'n', env = "LB_L7_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Policy file (YAML), as for `serve`. Without it, the built-in default.
+    /// Policy file (YAML), as for `serve`. Without it: with --cluster, the policy the installed webhook runs
+    /// (the built-in default when none is installed); offline, the built-in default.
     #[arg(long, env = "LB_L7_POLICY")]
     pub policy: Option<PathBuf>,
 
@@ -83,6 +86,10 @@ pub struct ReportArgs {
     /// With --cluster: how many objects each list call asks for (limit/continue paging).
     #[arg(long, env = "LB_L7_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub page_size: u32,
+
+    /// With --cluster: the MutatingWebhookConfiguration whose webhook's policy is used when --policy is not given.
+    #[arg(long, env = "LB_L7_WEBHOOK_NAME", default_value = crate::cluster::policy_source::DEFAULT_WEBHOOK_NAME)]
+    pub webhook_name: String,
 }
 
 /// One Service in a report.
@@ -191,6 +198,12 @@ pub struct Report {
 pub struct PolicyInfo {
     pub scope: Scope,
     pub mode: Mode,
+    /// Where the policy came from (`--cluster`): the installed webhook's ConfigMap, a file, or the built-in default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Set when `--policy FILE` differs from the policy the installed webhook runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Evaluates one Service as the webhook configuration and the webhook together would: the namespace's labels
@@ -235,13 +248,30 @@ pub fn entry(service: Service, decision: Decision, source: Option<String>) -> En
 
 /// Evaluates every Service of an inventory (the policy is compiled once by the caller).
 pub fn build_report(policy: &CompiledPolicy, inventory: Inventory) -> Report {
+    build_report_resolved(policy, inventory, &ResolvedPorts::new())
+}
+
+/// [`build_report`] with named targetPorts resolved (from the cluster's EndpointSlices): a Service Cilium will
+/// balance per request is warned when a named targetPort resolves to a number other than its port.
+pub fn build_report_resolved(
+    policy: &CompiledPolicy,
+    inventory: Inventory,
+    resolved: &ResolvedPorts,
+) -> Report {
     let mut inventory = inventory;
     let services = std::mem::take(&mut inventory.services);
     let mut summary = Summary::default();
     let mut entries: Vec<Entry> = services
         .into_iter()
         .map(|FoundService { service, origin }| {
-            let decision = evaluate_service(policy, &service, &inventory);
+            let mut decision = evaluate_service(policy, &service, &inventory);
+            if decision.kind.is_l7() {
+                decision
+                    .warnings
+                    .extend(crate::cluster::target_ports::warnings_for(
+                        &service, resolved,
+                    ));
+            }
             entry(service, decision, origin.map(|o| o.to_string()))
         })
         .collect();
@@ -254,6 +284,8 @@ pub fn build_report(policy: &CompiledPolicy, inventory: Inventory) -> Report {
         policy: PolicyInfo {
             scope: policy.policy.scope,
             mode: policy.policy.mode,
+            source: None,
+            warning: None,
         },
         summary,
         services: entries,
@@ -287,6 +319,38 @@ pub async fn read_cluster(
     Ok(Inventory::from_cluster(inv)?)
 }
 
+/// `report --cluster` with a chosen policy: reads the inventory, resolves named targetPorts through the
+/// EndpointSlices of the Services that have them, evaluates, and says which policy was used.
+pub async fn cluster_report(
+    client: &kube::Client,
+    chosen: &Chosen,
+    namespace: Option<&str>,
+    page_size: u32,
+) -> anyhow::Result<Report> {
+    let inventory = read_cluster(client, namespace, page_size).await?;
+    let resolved = match crate::cluster::target_ports::read_resolved_ports(
+        client,
+        inventory.services.iter().map(|f| &f.service),
+        page_size,
+    )
+    .await?
+    {
+        crate::cluster::Lookup::Found(r) => r,
+        crate::cluster::Lookup::Missing => ResolvedPorts::new(),
+        crate::cluster::Lookup::Unreadable(why) => {
+            tracing::warn!(
+                "cannot read EndpointSlices ({why}): named targetPorts are not checked against port"
+            );
+            ResolvedPorts::new()
+        }
+    };
+    let compiled = chosen.source.policy.compile();
+    let mut report = build_report_resolved(&compiled, inventory, &resolved);
+    report.policy.source = Some(chosen.source.describe());
+    report.policy.warning = chosen.warning.clone();
+    Ok(report)
+}
+
 /// The exit status for a report (see the module documentation for the precedence).
 pub fn exit_status(report: &Report, fail_on: Option<FailOn>) -> u8 {
     if !report.errors.is_empty() {
@@ -318,12 +382,22 @@ pub fn write_report(
 /// The `report` subcommand.
 pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let policy: Policy = crate::input::load_policy(args.policy.as_deref())?;
-    let compiled = policy.compile();
-    let inventory = if args.cluster {
+    let report = if args.cluster {
         let client = kube::Client::try_default()
             .await
             .context("cannot build a Kubernetes client from kubeconfig or the in-cluster config")?;
-        read_cluster(&client, args.namespace.as_deref(), args.page_size).await?
+        let file = args.policy.clone().map(|path| (path, policy));
+        let chosen = crate::cluster::policy_source::choose(
+            &client,
+            file,
+            &args.webhook_name,
+            args.page_size,
+        )
+        .await?;
+        if let Some(w) = &chosen.warning {
+            eprintln!("warning: {w}");
+        }
+        cluster_report(&client, &chosen, args.namespace.as_deref(), args.page_size).await?
     } else {
         if args.paths.is_empty() {
             anyhow::bail!(
@@ -332,11 +406,12 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
         let paths = args.paths.clone();
         let namespace = args.namespace.clone();
-        tokio::task::spawn_blocking(move || read_offline(&paths, namespace.as_deref()))
-            .await
-            .context("the manifest reader stopped")?
+        let inventory =
+            tokio::task::spawn_blocking(move || read_offline(&paths, namespace.as_deref()))
+                .await
+                .context("the manifest reader stopped")?;
+        build_report(&policy.compile(), inventory)
     };
-    let report = build_report(&compiled, inventory);
     for e in &report.errors {
         eprintln!("error: {e}");
     }

@@ -64,6 +64,12 @@ pub fn table(out: &mut dyn Write, report: &Report, colour: bool) -> std::io::Res
         w[3] = w[3].max(e.decision.as_str().len());
     }
     let [w0, w1, w2, w3] = w;
+    if let Some(source) = &report.policy.source {
+        writeln!(out, "policy: {source}")?;
+    }
+    if let Some(warning) = &report.policy.warning {
+        writeln!(out, "warning: {warning}")?;
+    }
     if colour {
         writeln!(
             out,

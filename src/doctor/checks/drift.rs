@@ -114,7 +114,7 @@ pub fn check_drift(
         Group::Webhook,
         "Selectors match the policy",
     );
-    let fix = "re-render from the policy in the ConfigMap: lb-l7-webhook manifests --policy policy.yaml --ca-bundle-file certs/ca.crt | kubectl apply -f - (or kubectl apply -k deploy/overlays/<overlay>)";
+    let fix = "re-render it from the webhook's policy: kubectl apply -k deploy/overlays/namespace-opt-in (or the overlay you installed: cluster-wide, dry-run, cert-manager), or with the policy in policy.yaml: lb-l7-webhook manifests --policy policy.yaml --ca-bundle-file certs/ca.crt | kubectl apply -f -";
     let Some(rendered) = rendered else {
         return c.warn(
             "could not render the webhook configuration from the policy, so drift was not checked",

@@ -132,7 +132,11 @@ pub fn check_legacy_annotation(services: &[Service], policy: &Policy) -> Check {
         }
     }
     let fix = format!(
-        "kubectl annotate service -n NS NAME {LEGACY_ANNOTATION_KEY}- {key}=enabled (or run lb-l7-webhook backfill)"
+        "{} (or lb-l7-webhook backfill)",
+        annotate_commands(
+            &only_legacy,
+            &format!("{LEGACY_ANNOTATION_KEY}- {key}=enabled")
+        )
     );
     if !only_legacy.is_empty() {
         let mut all = only_legacy.clone();
@@ -154,7 +158,7 @@ pub fn check_legacy_annotation(services: &[Service], policy: &Policy) -> Check {
                 if both.len() == 1 { "carries" } else { "carry" },
                 list_some(&both)
             ),
-            format!("kubectl annotate service -n NS NAME {LEGACY_ANNOTATION_KEY}-"),
+            annotate_commands(&both, &format!("{LEGACY_ANNOTATION_KEY}-")),
         )
     } else {
         c.ok(format!(
@@ -167,14 +171,24 @@ pub fn check_legacy_annotation(services: &[Service], policy: &Policy) -> Check {
 pub fn check_annotation_case(services: &[Service], policy: &Policy) -> Check {
     let c = Check::build("effect.annotation-value", Group::Effect, "Annotation value");
     let key = policy.annotation_key.as_str();
-    let wrong: Vec<String> = services
+    let wrong_services: Vec<&Service> = services
         .iter()
-        .filter_map(|svc| {
-            let v = annotation(svc, key)?;
-            (v != ENABLED_VALUE && v.trim().eq_ignore_ascii_case(ENABLED_VALUE))
-                .then(|| format!("{} ({key}={v})", namespaced(svc)))
+        .filter(|svc| {
+            annotation(svc, key)
+                .is_some_and(|v| v != ENABLED_VALUE && v.trim().eq_ignore_ascii_case(ENABLED_VALUE))
         })
         .collect();
+    let wrong: Vec<String> = wrong_services
+        .iter()
+        .map(|svc| {
+            format!(
+                "{} ({key}={})",
+                namespaced(svc),
+                annotation(svc, key).unwrap_or_default()
+            )
+        })
+        .collect();
+    let names: Vec<String> = wrong_services.iter().map(|s| namespaced(s)).collect();
     if wrong.is_empty() {
         c.ok(format!(
             "every {key} value is exactly \"enabled\" or deliberately something else"
@@ -186,14 +200,18 @@ pub fn check_annotation_case(services: &[Service], policy: &Policy) -> Check {
                 if wrong.len() == 1 { "1 value is".to_string() } else { format!("{} values are", wrong.len()) },
                 list_some(&wrong)
             ),
-            format!("kubectl annotate service -n NS NAME --overwrite {key}=enabled"),
+            annotate_commands(&names, &format!("--overwrite {key}=enabled")),
         )
     }
 }
 
 /// Cilium's pitfalls (multi-port, targetPort, session affinity, unknown algorithm, no frontend) for Services that
 /// are annotated `enabled`: the warnings of [`CompiledPolicy::evaluate`].
-pub fn check_pitfalls(services: &[Service], policy: &CompiledPolicy) -> Check {
+pub fn check_pitfalls(
+    services: &[Service],
+    policy: &CompiledPolicy,
+    target_ports: &Lookup<crate::cluster::target_ports::ResolvedPorts>,
+) -> Check {
     let c = Check::build("effect.pitfalls", Group::Effect, "Cilium pitfalls");
     let key = policy.policy.annotation_key.as_str();
     let wide = widened(policy);
@@ -204,7 +222,11 @@ pub fn check_pitfalls(services: &[Service], policy: &CompiledPolicy) -> Check {
         .filter(|s| annotation(s, key) == Some(ENABLED_VALUE))
     {
         let before = lines.len();
-        let d = annotated_decision(&wide, svc);
+        let mut d = annotated_decision(&wide, svc);
+        if let Lookup::Found(resolved) = target_ports {
+            d.warnings
+                .extend(crate::cluster::target_ports::warnings_for(svc, resolved));
+        }
         for w in d
             .warnings
             .iter()

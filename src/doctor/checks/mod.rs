@@ -20,7 +20,7 @@ use lb_l7_core::policy::{
 };
 
 /// The key of the webhook's policy in its ConfigMap (the file name `serve --policy` reads).
-pub const POLICY_CONFIGMAP_KEY: &str = "policy.yaml";
+pub const POLICY_CONFIGMAP_KEY: &str = crate::cluster::policy_source::DEFAULT_POLICY_KEY;
 /// Cilium's ConfigMap.
 pub const CILIUM_CONFIG_NAMESPACE: &str = "kube-system";
 pub const CILIUM_CONFIG_NAME: &str = "cilium-config";
@@ -155,6 +155,18 @@ pub struct Summary {
 pub struct Report {
     pub checks: Vec<Check>,
     pub summary: Summary,
+    /// The policy the checks used: where it came from, its scope and mode (`None` when it could not be found, and
+    /// the Effect checks used the built-in default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyUsed>,
+}
+
+/// Which policy the doctor used, for scripts (`-o json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyUsed {
+    pub source: String,
+    pub scope: Scope,
+    pub mode: Mode,
 }
 
 impl Report {
@@ -167,7 +179,11 @@ impl Report {
                 Status::Fail => summary.fail += 1,
             }
         }
-        Report { checks, summary }
+        Report {
+            checks,
+            summary,
+            policy: None,
+        }
     }
 
     /// Whether any check failed (exit status 1).
@@ -194,8 +210,9 @@ pub struct ClusterState {
     pub webhook: Lookup<MutatingWebhookConfiguration>,
     /// EndpointSlices of each Service the webhook configuration points at, keyed by (namespace, name).
     pub webhook_endpoints: BTreeMap<(String, String), Lookup<Vec<EndpointSlice>>>,
-    /// The ConfigMap holding the webhook's policy.
-    pub policy_config: Lookup<ConfigMap>,
+    /// The policy the webhook runs (followed from its Deployment, or the ConfigMap named by
+    /// `--policy-configmap`), or why it is not known.
+    pub policy: crate::cluster::policy_source::Discovery,
     /// Services (all namespaces, or `--namespace`).
     pub services: Lookup<Vec<Service>>,
     /// Namespace labels by namespace name (for the policy's scope).
@@ -212,6 +229,10 @@ pub struct ClusterState {
     pub clusterwide_envoy_configs: Lookup<Vec<EnvoyConfigSummary>>,
     /// The reconciler's Lease in the webhook's namespace. `Missing`: no reconciler is installed.
     pub reconciler_lease: Lookup<k8s_openapi::api::coordination::v1::Lease>,
+    /// Named targetPorts resolved through the Services' EndpointSlices.
+    pub target_ports: Lookup<crate::cluster::target_ports::ResolvedPorts>,
+    /// The end-to-end probe's outcome (`--probe`); `None` when it was not asked for.
+    pub probe: Option<ProbeOutcome>,
 }
 
 /// Settings that are not in the cluster.
@@ -219,7 +240,14 @@ pub struct ClusterState {
 pub struct DiagnoseOptions {
     pub webhook_name: String,
     pub webhook_namespace: String,
-    pub policy_configmap: String,
+    /// An explicit policy ConfigMap (in `webhook_namespace`) instead of the one the webhook's Deployment mounts.
+    pub policy_configmap: Option<String>,
+    /// `--policy FILE`: compared with the installed policy (a warning when they differ).
+    pub policy_file: Option<(std::path::PathBuf, Policy)>,
+    /// Run the end-to-end probe (a server-side dry-run create of a Service).
+    pub probe: bool,
+    /// The namespace to probe in, instead of the first one the policy selects.
+    pub probe_namespace: Option<String>,
     /// Only Services of this namespace (the Cilium and webhook checks are cluster-wide).
     pub namespace: Option<String>,
     /// Items per list call.
@@ -257,7 +285,7 @@ pub fn diagnose(
     checks.extend(check_default_algorithm(&state.cilium_config));
 
     // The webhook.
-    let (policy_check, policy) = check_policy(&state.policy_config, opts);
+    let (policy_check, policy) = check_policy(&state.policy, opts);
     checks.push(check_webhook_exists(&state.webhook, &opts.webhook_name));
     if let Lookup::Found(mwc) = &state.webhook {
         checks.push(check_ca_bundle(mwc, opts.now));
@@ -273,6 +301,10 @@ pub fn diagnose(
     }
     let reconciler = reconciler_state(&state.reconciler_lease, opts.now);
     checks.push(check_reconciler(&reconciler, opts));
+    if let Some(outcome) = &state.probe {
+        let policy = policy.clone().unwrap_or_default();
+        checks.push(check_probe(outcome, &policy, &checks, &state.policy));
+    }
 
     // The effect.
     let policy = policy.unwrap_or_default();
@@ -297,7 +329,7 @@ pub fn diagnose(
             ));
             checks.push(check_legacy_annotation(services, &policy));
             checks.push(check_annotation_case(services, &policy));
-            checks.push(check_pitfalls(services, &compiled));
+            checks.push(check_pitfalls(services, &compiled, &state.target_ports));
             checks.push(check_algorithm_annotations(services, &compiled));
             checks.push(check_not_annotated(
                 services,
@@ -320,7 +352,13 @@ pub fn diagnose(
             );
         }
     }
-    Report::new(checks)
+    let mut report = Report::new(checks);
+    report.policy = state.policy.as_ref().ok().map(|s| PolicyUsed {
+        source: s.origin.to_string(),
+        scope: s.policy.scope,
+        mode: s.policy.mode,
+    });
+    report
 }
 
 pub(super) fn namespaced(svc: &Service) -> String {
@@ -352,7 +390,27 @@ pub(super) fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-pub(super) fn unreadable_fix(what: &str) -> String {
+/// `kubectl annotate service -n apps a b ARGS && kubectl annotate service -n shop c ARGS`: one pasteable command per
+/// namespace for Services given as `namespace/name`.
+pub(super) fn annotate_commands(services: &[String], args: &str) -> String {
+    let mut by_ns: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for s in services {
+        let (ns, name) = s.split_once('/').unwrap_or(("default", s));
+        by_ns.entry(ns).or_default().push(name);
+    }
+    by_ns
+        .iter()
+        .map(|(ns, names)| {
+            format!(
+                "kubectl annotate service -n {ns} {} {args}",
+                names.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+pub(crate) fn unreadable_fix(what: &str) -> String {
     format!(
         "give the doctor read access to {what}: kubectl apply -k deploy/doctor (or run it with cluster-admin)"
     )
@@ -362,6 +420,7 @@ mod cilium;
 mod drift;
 mod effect;
 mod envoy;
+mod probe;
 mod reconciler;
 mod webhook;
 
@@ -369,6 +428,7 @@ pub use cilium::*;
 pub use drift::*;
 pub use effect::*;
 pub use envoy::*;
+pub use probe::*;
 pub use reconciler::*;
 pub use webhook::*;
 

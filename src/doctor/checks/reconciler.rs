@@ -199,7 +199,10 @@ mod tests {
         DiagnoseOptions {
             webhook_name: "lb-l7-webhook".into(),
             webhook_namespace: "lb-l7-system".into(),
-            policy_configmap: "lb-l7-webhook-policy".into(),
+            policy_configmap: None,
+            policy_file: None,
+            probe: false,
+            probe_namespace: None,
             namespace: None,
             page_size: 500,
             now: NOW,

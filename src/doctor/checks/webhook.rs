@@ -25,7 +25,7 @@ pub fn check_webhook_exists(mwc: &Lookup<MutatingWebhookConfiguration>, name: &s
         }
         Lookup::Missing => c.fail(
             format!("MutatingWebhookConfiguration {name} not found: the API server never calls the webhook, so no Service is annotated"),
-            "kubectl apply -k deploy/overlays/<overlay> (see README, Deploy), or pass --webhook-name if it has another name",
+            "kubectl apply -k deploy/overlays/namespace-opt-in (or cluster-wide, dry-run, cert-manager: README, Deploy), or, if it has another name (kubectl get mutatingwebhookconfigurations lists them), pass that with --webhook-name",
         ),
         Lookup::Unreadable(why) => c.fail(
             format!("cannot read MutatingWebhookConfiguration {name}: {why}"),
@@ -63,8 +63,11 @@ pub fn check_ca_bundle(mwc: &MutatingWebhookConfiguration, now: i64) -> Check {
     );
     let (set, renew) = match &cert_manager {
         Some(from) => {
+            let (ns, cert) = from
+                .split_once('/')
+                .unwrap_or(("lb-l7-system", from.as_str()));
             let fix = format!(
-                "check cert-manager's Certificate {from} (kubectl describe certificate) and the cainjector's logs"
+                "kubectl -n {ns} describe certificate {cert}; then the cainjector's logs: kubectl -n cert-manager logs deploy/cert-manager-cainjector"
             );
             (fix.clone(), fix)
         }
@@ -191,7 +194,7 @@ pub fn check_webhook_endpoints(
     for (ns, name) in &services {
         let at = format!("{ns}/{name}");
         let fix_pods = format!(
-            "kubectl -n {ns} get pods,endpointslices -l kubernetes.io/service-name={name}; check the Service's selector and the webhook pods' readiness (kubectl -n {ns} describe deploy)"
+            "kubectl -n {ns} get endpointslices -l kubernetes.io/service-name={name} -o wide; kubectl -n {ns} get service {name} -o jsonpath='{{.spec.selector}}'; kubectl -n {ns} get pods --show-labels; kubectl -n {ns} describe deployments (the Service's selector must match ready webhook pods)"
         );
         match endpoints.get(&(ns.clone(), name.clone())) {
             Some(Lookup::Found(slices)) => {
@@ -284,89 +287,68 @@ pub fn check_timeout(mwc: &MutatingWebhookConfiguration) -> Check {
     }
 }
 
-/// The policy in the webhook's ConfigMap loads. Returns the check and the policy (when it loads).
-pub fn check_policy(cm: &Lookup<ConfigMap>, opts: &DiagnoseOptions) -> (Check, Option<Policy>) {
-    let c = Check::build("webhook.policy", Group::Webhook, "Policy ConfigMap");
-    let at = format!("{}/{}", opts.webhook_namespace, opts.policy_configmap);
+/// The policy the webhook runs: followed from its Deployment to the ConfigMap its pods mount (or the ConfigMap
+/// named by `--policy-configmap`), and loaded. Returns the check and the policy the Effect checks use.
+pub fn check_policy(
+    found: &crate::cluster::policy_source::Discovery,
+    opts: &DiagnoseOptions,
+) -> (Check, Option<Policy>) {
+    let c = Check::build("webhook.policy", Group::Webhook, "Policy");
     let fallback = "; the Effect checks use the built-in default policy";
-    let cm = match cm {
-        Lookup::Found(cm) => cm,
-        Lookup::Missing => {
+    let source = match found {
+        Ok(source) => source,
+        Err(problem) => {
             return (
                 c.fail(
-                    format!("ConfigMap {at} (or {at}-<hash> from kustomize) not found{fallback}"),
-                    "kubectl apply -k deploy/overlays/<overlay>, or pass --policy-configmap/--webhook-namespace where the policy lives",
-                ),
-                None,
-            );
-        }
-        Lookup::Unreadable(why) => {
-            return (
-                c.fail(
-                    format!("cannot read ConfigMap {at}: {why}{fallback}"),
-                    unreadable_fix(&format!("configmaps in {}", opts.webhook_namespace)),
+                    format!("{}{fallback}", problem.message),
+                    problem.fix.clone(),
                 ),
                 None,
             );
         }
     };
-    // The name actually found: kustomize's configMapGenerator adds a content hash.
-    let at = format!(
-        "{}/{}",
-        opts.webhook_namespace,
-        cm.metadata
-            .name
-            .as_deref()
-            .unwrap_or(&opts.policy_configmap)
+    let policy = &source.policy;
+    let message = format!(
+        "{}: {}, annotation {}",
+        source.describe(),
+        plural(policy.rules.len(), "rule", "rules"),
+        policy.annotation_key
     );
-    let data = cm.data.clone().unwrap_or_default();
-    let found = match data.get(POLICY_CONFIGMAP_KEY) {
-        Some(text) => Some((POLICY_CONFIGMAP_KEY.to_string(), text.clone())),
-        // A ConfigMap with a single key: whatever its name, that is the policy.
-        None if data.len() == 1 => data.iter().next().map(|(k, v)| (k.clone(), v.clone())),
-        None => None,
-    };
-    let Some((key, text)) = found else {
-        let keys: Vec<String> = data.keys().cloned().collect();
-        return (
-            c.fail(
-                format!(
-                    "ConfigMap {at} has no key {POLICY_CONFIGMAP_KEY} (keys: {}){fallback}",
-                    if keys.is_empty() { "none".into() } else { keys.join(", ") }
-                ),
-                format!(
-                    "put the policy under the key {POLICY_CONFIGMAP_KEY}: kubectl -n {} create configmap {} --from-file={POLICY_CONFIGMAP_KEY}=policy.yaml --dry-run=client -o yaml | kubectl apply -f -",
-                    opts.webhook_namespace, opts.policy_configmap
-                ),
+    let check = match &opts.policy_file {
+        Some((path, file)) if file != policy => c.warn(
+            format!(
+                "{message}; --policy {} differs from it (the checks use the policy the webhook runs)",
+                path.display()
             ),
-            None,
-        );
+            deploy_policy_fix(&source.origin, path),
+        ),
+        _ => c.ok(message),
     };
-    match Policy::from_yaml(&text) {
-        Ok(policy) => {
-            let scope = match policy.scope {
-                Scope::Cluster => "cluster",
-                Scope::NamespaceOptIn => "namespace-opt-in",
-            };
-            let mode = match policy.mode {
-                Mode::Enforce => "enforce",
-                Mode::DryRun => "dry-run",
-            };
-            (
-                c.ok(format!(
-                    "{at} ({key}): scope {scope}, mode {mode}, {}, annotation {}",
-                    plural(policy.rules.len(), "rule", "rules"),
-                    policy.annotation_key
-                )),
-                Some(policy),
-            )
-        }
-        Err(e) => (
-            c.fail(
-                format!("policy in {at} ({key}) is invalid: {e}{fallback}"),
-                format!("fix the policy, check it with `lb-l7-webhook report --policy FILE`, and kubectl apply it to {at}"),
-            ),
-            None,
+    (check, Some(policy.clone()))
+}
+
+/// Commands that make the webhook run the policy in `file` (serve reads its policy once, at start).
+fn deploy_policy_fix(
+    origin: &crate::cluster::policy_source::Origin,
+    file: &std::path::Path,
+) -> String {
+    use crate::cluster::policy_source::Origin;
+    let f = file.display();
+    let render = format!(
+        "re-render the webhook configuration: lb-l7-webhook manifests --policy {f} --ca-bundle-file certs/ca.crt | kubectl apply -f -"
+    );
+    match origin {
+        Origin::ConfigMap {
+            namespace,
+            name,
+            key,
+            deployment: Some(deployment),
+        } => format!(
+            "if {f} is the policy you want: kubectl -n {namespace} create configmap {name} --from-file={key}={f} --dry-run=client -o yaml | kubectl apply -f - && kubectl -n {namespace} rollout restart deployment {}; then {render}",
+            deployment.rsplit('/').next().unwrap_or(deployment)
+        ),
+        _ => format!(
+            "if {f} is the policy you want, copy it to the overlay's policy.yaml and kubectl apply -k deploy/overlays/namespace-opt-in (or your overlay); then {render}"
         ),
     }
 }

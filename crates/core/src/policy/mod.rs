@@ -20,6 +20,7 @@ mod validate;
 
 pub use crate::namespace::{NamespaceContext, NamespaceLabels};
 pub use evaluate::{CompiledPolicy, Decision, DecisionKind};
+pub use pitfalls::named_target_port_warnings;
 pub use ports::{describe_port, is_tls_port};
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 pub use validate::PolicyError;

@@ -27,21 +27,12 @@ pub(super) fn pitfalls(svc: &Service, ports: &[ServicePort], warnings: &mut Vec<
         ));
     }
     for p in ports {
-        let differs = match &p.target_port {
-            Some(IntOrString::Int(t)) => *t != p.port,
-            Some(IntOrString::String(s)) => s != &p.port.to_string(),
-            None => false,
-        };
-        if differs {
-            let target = match &p.target_port {
-                Some(IntOrString::Int(t)) => t.to_string(),
-                Some(IntOrString::String(s)) => s.clone(),
-                None => String::new(),
-            };
-            warnings.push(format!(
-                "port {} has targetPort {target}: Cilium's L7 redirect has known bugs when targetPort differs from port",
-                describe_port(p)
-            ));
+        // A named targetPort (`targetPort: grpc`) names a container port; only the pod knows its number, so it is
+        // judged where a cluster is at hand: [`named_target_port_warnings`].
+        if let Some(IntOrString::Int(t)) = &p.target_port
+            && *t != p.port
+        {
+            warnings.push(target_port_warning(p, &t.to_string()));
         }
     }
     let spec = svc.spec.as_ref();
@@ -61,4 +52,40 @@ pub(super) fn pitfalls(svc: &Service, ports: &[ServicePort], warnings: &mut Vec<
             "{ALGORITHM_ANNOTATION}={v:?} is not round_robin, least_request or random: Cilium silently uses round_robin"
         ));
     }
+}
+
+fn target_port_warning(p: &ServicePort, target: &str) -> String {
+    format!(
+        "port {} has targetPort {target}: Cilium's L7 redirect has known bugs when targetPort differs from port",
+        describe_port(p)
+    )
+}
+
+/// The targetPort warnings for the Service's named targetPorts (`targetPort: grpc`), once resolved.
+///
+/// `resolved` maps a Service port's name to the number its named targetPort resolves to in the pods (what the
+/// Service's EndpointSlices carry: their ports are named after the Service's ports). A named targetPort is warned
+/// only when it resolves to a number other than `port`; one that is not in `resolved` (no endpoints yet) is not
+/// warned. Call it only for Services the evaluation gave pitfall warnings to (decision `enable` or
+/// `already-enabled`), as [`super::CompiledPolicy::evaluate`] does for numeric targetPorts.
+pub fn named_target_port_warnings(
+    svc: &Service,
+    resolved: &std::collections::BTreeMap<String, i32>,
+) -> Vec<String> {
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[]);
+    ports
+        .iter()
+        .filter_map(|p| {
+            let Some(IntOrString::String(target)) = &p.target_port else {
+                return None;
+            };
+            let number = *resolved.get(p.name.as_deref().unwrap_or(""))?;
+            (number != p.port)
+                .then(|| target_port_warning(p, &format!("{target} (resolves to {number})")))
+        })
+        .collect()
 }

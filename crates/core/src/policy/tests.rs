@@ -255,13 +255,52 @@ fn every_pitfall_warning() {
         all.contains("port grpc (80/TCP) has targetPort 8080"),
         "{all}"
     );
-    assert!(
-        all.contains("port metrics (9090/TCP) has targetPort metrics"),
-        "{all}"
-    );
+    // A named targetPort is not judged without the pods: see named_target_port_warnings.
+    assert!(!all.contains("targetPort metrics"), "{all}");
     assert!(all.contains("sessionAffinity ClientIP"), "{all}");
     assert!(all.contains("\"fastest\""), "{all}");
-    assert_eq!(d.warnings.len(), 6, "{all}");
+    assert_eq!(d.warnings.len(), 5, "{all}");
+}
+
+#[test]
+fn named_target_ports_warn_only_when_they_resolve_to_another_number() {
+    let s = svc(json!({
+        "metadata": {"name": "x"},
+        "spec": {"ports": [
+            {"name": "grpc", "port": 50051, "targetPort": "grpc"},
+            {"name": "admin", "port": 9000, "targetPort": "admin"},
+            {"name": "pending", "port": 7000, "targetPort": "pending"},
+            {"name": "numeric", "port": 80, "targetPort": 8080}]}
+    }));
+    let resolved: std::collections::BTreeMap<String, i32> = [
+        ("grpc".to_string(), 50051),
+        ("admin".to_string(), 9443),
+        ("numeric".to_string(), 8080),
+    ]
+    .into_iter()
+    .collect();
+    let w = named_target_port_warnings(&s, &resolved);
+    assert_eq!(
+        w,
+        vec![
+            "port admin (9000/TCP) has targetPort admin (resolves to 9443): Cilium's L7 redirect has known bugs when targetPort differs from port"
+                .to_string()
+        ]
+    );
+    assert!(named_target_port_warnings(&s, &Default::default()).is_empty());
+}
+
+#[test]
+fn the_demo_service_named_target_port_is_not_warned() {
+    let text = include_str!("../../../../deploy/demo/service.yaml");
+    let s: Service = serde_saphyr::from_str(text).expect("deploy/demo/service.yaml");
+    let d = cluster_policy().evaluate(&s, NamespaceContext::scope_applied("apps"));
+    assert_eq!(d.kind, DecisionKind::Enable, "{d:?}");
+    assert!(
+        d.warnings.iter().all(|w| !w.contains("targetPort")),
+        "{:?}",
+        d.warnings
+    );
 }
 
 #[test]
