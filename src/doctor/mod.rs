@@ -70,6 +70,11 @@ pub struct DoctorArgs {
     /// Items per list call (Services, Namespaces, CiliumEnvoyConfigs, EndpointSlices), read page by page.
     #[arg(long, env = "LB_L7_PAGE_SIZE", default_value_t = crate::cluster::DEFAULT_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
     pub page_size: u32,
+
+    /// Policy file that the admission policies (`manifests --engine admission-policy`) were rendered from, for
+    /// their drift check. Without it, the webhook's policy ConfigMap.
+    #[arg(long, env = "LB_L7_DOCTOR_POLICY")]
+    pub policy: Option<std::path::PathBuf>,
 }
 
 impl DoctorArgs {
@@ -97,9 +102,28 @@ pub fn render_for_drift(policy: &Policy, webhook_name: &str) -> MutatingWebhookC
 
 /// Fetches and diagnoses: the whole doctor without the printing. Tests call this with a mocked client.
 pub async fn examine(client: &kube::Client, opts: &DiagnoseOptions) -> Result<Report, FetchError> {
+    examine_with_policy(client, opts, None).await
+}
+
+/// [`examine`], and the admission-policy engine's checks (`doctor --policy FILE`: the policy its drift check
+/// compares with; else the webhook's policy ConfigMap).
+pub async fn examine_with_policy(
+    client: &kube::Client,
+    opts: &DiagnoseOptions,
+    policy_file: Option<&Policy>,
+) -> Result<Report, FetchError> {
     let state = fetch(client, opts).await?;
     let render = |policy: &Policy| Some(render_for_drift(policy, &opts.webhook_name));
-    Ok(diagnose(&state, opts, Some(&render)))
+    let report = diagnose(&state, opts, Some(&render));
+    let admission = fetch::fetch_admission_policies(client).await?;
+    let from_configmap = checks::check_policy(&state.policy_config, opts).1;
+    let policy = policy_file.or(from_configmap.as_ref());
+    Ok(checks::amend_report(
+        report,
+        &admission,
+        &state.webhook,
+        policy,
+    ))
 }
 
 /// Renders the report and returns the exit status it calls for.
@@ -141,14 +165,21 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         "cannot configure a Kubernetes client (no usable kubeconfig or in-cluster service account)",
     )?;
     let opts = args.options(unix_now());
-    let report = tokio::time::timeout(RUN_TIMEOUT, examine(&client, &opts))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the Kubernetes API server did not answer all reads within {} s",
-                RUN_TIMEOUT.as_secs()
-            )
-        })??;
+    let policy_file = match &args.policy {
+        Some(path) => Some(crate::input::load_policy(Some(path))?),
+        None => None,
+    };
+    let report = tokio::time::timeout(
+        RUN_TIMEOUT,
+        examine_with_policy(&client, &opts, policy_file.as_ref()),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the Kubernetes API server did not answer all reads within {} s",
+            RUN_TIMEOUT.as_secs()
+        )
+    })??;
     let stdout = std::io::stdout();
     let colour = args.output == Output::Table
         && stdout.is_terminal()

@@ -319,11 +319,13 @@ pub(super) fn unreadable_fix(what: &str) -> String {
     )
 }
 
+mod admission_policy;
 mod cilium;
 mod drift;
 mod effect;
 mod webhook;
 
+pub use admission_policy::*;
 pub use cilium::*;
 pub use drift::*;
 pub use effect::*;
