@@ -1648,3 +1648,57 @@ async fn both_engines_at_once_warn() {
     );
     assert_status(&report, "webhook.configuration", Status::Ok, "exists");
 }
+
+/// Kubernetes 1.34-1.35: the mutating policy is served as v1beta1 only (v1 paths are 404), and the doctor finds it.
+#[tokio::test]
+async fn v1beta1_admission_policies_are_found_on_1_34() {
+    use lb_l7_core::render::admission_policy::{PolicyApiVersion, render_admission_policies};
+    let mut fake = admission_policy_install();
+    let policy = Policy::from_yaml(DEFAULT_POLICY_YAML).expect("policy");
+    let docs = render_admission_policies(&policy)
+        .expect("renders")
+        .documents(PolicyApiVersion::V1beta1);
+    fake.set("mutatingadmissionpolicies", vec![docs[0].clone()]);
+    fake.set("mutatingadmissionpolicybindings", vec![docs[1].clone()]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let path = request.uri().path().to_string();
+            let query = request.uri().query().unwrap_or("").to_string();
+            let (code, body) =
+                if path.contains("/admissionregistration.k8s.io/v1/mutatingadmission") {
+                    not_found(&path)
+                } else {
+                    fake.answer(&path, &query)
+                };
+            let response = Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                .expect("response");
+            send.send_response(response);
+        }
+    });
+    let client = kube::Client::new(service, "default");
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        doctor::examine(&client, &options()),
+    )
+    .await
+    .expect("finished")
+    .expect("ran");
+    assert_status(
+        &report,
+        "admission-policy.installed",
+        Status::Ok,
+        "(admissionregistration.k8s.io/v1beta1)",
+    );
+    assert_status(
+        &report,
+        "admission-policy.drift",
+        Status::Ok,
+        "what the policy renders",
+    );
+    assert_eq!(report.summary.fail, 0, "{:#?}", report.checks);
+}
