@@ -31,6 +31,27 @@ pub enum OutputFormat {
     Json,
 }
 
+/// What `manifests` renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Engine {
+    /// The MutatingWebhookConfiguration for `serve` (any Kubernetes from 1.30).
+    #[default]
+    Webhook,
+    /// A MutatingAdmissionPolicy + binding and a ValidatingAdmissionPolicy + binding for the warnings: the API
+    /// server applies the policy itself, nothing to run (Kubernetes 1.36+, or 1.34-1.35 with v1beta1).
+    AdmissionPolicy,
+}
+
+/// `admissionregistration.k8s.io` version of the MutatingAdmissionPolicy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ApiVersionArg {
+    /// GA, Kubernetes 1.36+.
+    #[default]
+    V1,
+    /// Kubernetes 1.34-1.35, with the MutatingAdmissionPolicy feature gate and the v1beta1 API enabled.
+    V1beta1,
+}
+
 /// `manifests`' flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ManifestsArgs {
@@ -71,6 +92,60 @@ pub struct ManifestsArgs {
     /// Output format.
     #[arg(short = 'o', long, env = "LB_L7_MANIFESTS_OUTPUT", value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
+
+    /// What to render: the webhook configuration, or the same policy as admission policies (no webhook).
+    #[arg(long, env = "LB_L7_MANIFESTS_ENGINE", value_enum, default_value_t = Engine::Webhook)]
+    pub engine: Engine,
+
+    /// With --engine admission-policy: the MutatingAdmissionPolicy's API version.
+    #[arg(long, env = "LB_L7_MANIFESTS_API_VERSION", value_enum, default_value_t = ApiVersionArg::V1)]
+    pub api_version: ApiVersionArg,
+}
+
+/// The header of the YAML output of `--engine admission-policy`.
+const ADMISSION_POLICY_HEADER: &str = "\
+# lb-l7-webhook manifests --engine admission-policy: the policy as admission policies, applied by the API server
+# itself (no webhook). MutatingAdmissionPolicy: admissionregistration.k8s.io/v1 from Kubernetes 1.36, v1beta1 on
+# 1.34-1.35 with the MutatingAdmissionPolicy feature gate. The ValidatingAdmissionPolicy gives the webhook's
+# warnings (validationActions: [Warn]); lb-l7-webhook/matched-by carries the same reason the webhook writes.
+";
+
+/// The admission policies for `policy` as text: YAML documents (with a header), or a JSON `v1 List`.
+pub fn admission_policies_text(
+    policy: &lb_l7_core::policy::Policy,
+    api_version: ApiVersionArg,
+    format: OutputFormat,
+) -> anyhow::Result<String> {
+    use lb_l7_core::render::admission_policy::{PolicyApiVersion, render_admission_policies};
+    let rendered = render_admission_policies(policy)
+        .context("the policy cannot be rendered as admission policies")?;
+    let version = match api_version {
+        ApiVersionArg::V1 => PolicyApiVersion::V1,
+        ApiVersionArg::V1beta1 => PolicyApiVersion::V1beta1,
+    };
+    let docs = rendered.documents(version);
+    Ok(match format {
+        OutputFormat::Yaml => {
+            let mut s = String::from(ADMISSION_POLICY_HEADER);
+            if rendered.mutating.is_none() {
+                s.push_str("# mode: dry-run: no MutatingAdmissionPolicy; the would-enable message is a warning.\n");
+            }
+            for doc in &docs {
+                s.push_str("---\n");
+                s.push_str(&serde_saphyr::to_string(doc).context("serializing as YAML")?);
+                if !s.ends_with('\n') {
+                    s.push('\n');
+                }
+            }
+            s
+        }
+        OutputFormat::Json => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": docs});
+            let mut s = serde_json::to_string_pretty(&list).context("serializing as JSON")?;
+            s.push('\n');
+            s
+        }
+    })
 }
 
 /// Reads a CA bundle and checks it holds at least one PEM certificate (the same parser doctor uses).
@@ -148,6 +223,15 @@ pub fn options_from_args(args: &ManifestsArgs) -> anyhow::Result<RenderOptions> 
 /// `lb-l7-webhook manifests`: prints the webhook configuration on stdout.
 pub async fn run(args: ManifestsArgs) -> anyhow::Result<ExitCode> {
     let policy = crate::input::load_policy(args.policy.as_deref())?;
+    if args.engine == Engine::AdmissionPolicy {
+        let text = admission_policies_text(&policy, args.api_version, args.output)?;
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .context("writing to stdout")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = options_from_args(&args)?;
     if opts.ca == CaSource::Absent {
         tracing::warn!(
@@ -185,5 +269,39 @@ mod tests {
         let back: MutatingWebhookConfiguration = serde_json::from_str(&json).unwrap();
         assert_eq!(back, cfg);
         assert!(json.contains("\"apiVersion\": \"admissionregistration.k8s.io/v1\""));
+    }
+
+    #[test]
+    fn admission_policy_yaml_is_four_documents_of_the_asked_version() {
+        let text = admission_policies_text(
+            &Policy::default(),
+            ApiVersionArg::V1beta1,
+            OutputFormat::Yaml,
+        )
+        .unwrap();
+        let docs: Vec<serde_json::Value> = text
+            .split("\n---\n")
+            .skip(1)
+            .map(|d| serde_saphyr::from_str(d).unwrap())
+            .collect();
+        let kinds: Vec<String> = docs
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {}",
+                    d["apiVersion"].as_str().unwrap(),
+                    d["kind"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "admissionregistration.k8s.io/v1beta1 MutatingAdmissionPolicy",
+                "admissionregistration.k8s.io/v1beta1 MutatingAdmissionPolicyBinding",
+                "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy",
+                "admissionregistration.k8s.io/v1 ValidatingAdmissionPolicyBinding",
+            ]
+        );
     }
 }

@@ -3068,3 +3068,192 @@ async fn new_checks_appear_in_json_and_in_their_table_section() {
         "{text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The admission-policy engine (manifests --engine admission-policy): no webhook, the API server applies the policy
+
+/// A cluster with the admission policies the default policy renders and no webhook at all.
+fn admission_policy_install() -> Fake {
+    use lb_l7_core::render::admission_policy::{PolicyApiVersion, render_admission_policies};
+    let mut f = healthy();
+    f.set("mutatingwebhookconfigurations", vec![]);
+    f.set("endpointslices", vec![]);
+    let policy = Policy::from_yaml(DEFAULT_POLICY_YAML).expect("policy");
+    let docs = render_admission_policies(&policy)
+        .expect("renders")
+        .documents(PolicyApiVersion::V1);
+    for doc in docs {
+        let plural = match doc["kind"].as_str() {
+            Some("MutatingAdmissionPolicy") => "mutatingadmissionpolicies",
+            Some("MutatingAdmissionPolicyBinding") => "mutatingadmissionpolicybindings",
+            Some("ValidatingAdmissionPolicy") => "validatingadmissionpolicies",
+            Some("ValidatingAdmissionPolicyBinding") => "validatingadmissionpolicybindings",
+            other => panic!("kind {other:?}"),
+        };
+        f.put(plural, doc);
+    }
+    f
+}
+
+#[tokio::test]
+async fn admission_policies_without_a_webhook_are_a_healthy_install() {
+    let (report, log) = examine_with(admission_policy_install(), options()).await;
+    let report = report.expect("the doctor ran");
+    assert_status(
+        &report,
+        "webhook.configuration",
+        Status::Ok,
+        "admission-policy engine is installed",
+    );
+    assert_status(
+        &report,
+        "admission-policy.installed",
+        Status::Ok,
+        "MutatingAdmissionPolicy lb-l7-webhook and its binding exist (admissionregistration.k8s.io/v1)",
+    );
+    assert_status(
+        &report,
+        "admission-policy.drift",
+        Status::Ok,
+        "what the policy renders",
+    );
+    assert!(report.get("admission-policy.engines").is_none());
+    assert_eq!(report.summary.fail, 0, "{:#?}", report.checks);
+    assert_eq!(report.summary.warn, 0, "{:#?}", report.checks);
+    let log = log.lock().expect("log").clone();
+    for want in [
+        "/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicies/lb-l7-webhook?",
+        "/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicybindings/lb-l7-webhook?",
+        "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/lb-l7-webhook-warnings?",
+        "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/lb-l7-webhook-warnings?",
+    ] {
+        assert!(
+            log.iter().any(|(_, p)| p == want),
+            "{want} not requested: {log:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn admission_policy_that_drifts_from_the_policy_fails() {
+    let mut f = admission_policy_install();
+    // Someone edited the live policy: a rule that matches every port name.
+    let live = f.get_mut("mutatingadmissionpolicies", "lb-l7-webhook");
+    live["spec"]["variables"][3]["expression"] = json!("\"port matches rule 'anything'\"");
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "admission-policy.drift",
+        Status::Fail,
+        "MutatingAdmissionPolicy differ from what the policy renders",
+    );
+
+    // The policy file given with --policy wins over the ConfigMap: scope cluster renders another selector.
+    let cluster = Policy::from_yaml("scope: cluster\nrules: [{name: grpc-ports, ports: {}}]\n")
+        .expect("policy");
+    let (client, _log) = client(admission_policy_install());
+    let opts = DiagnoseOptions {
+        policy_file: Some(("cluster.yaml".into(), cluster)),
+        ..options()
+    };
+    let report = doctor::examine(&client, &opts).await.expect("ran");
+    let c = check(&report, "admission-policy.drift");
+    assert_eq!(c.status, Status::Fail, "{c:#?}");
+    assert!(
+        c.objects
+            .contains(&"MutatingAdmissionPolicyBinding".to_string()),
+        "{c:#?}"
+    );
+}
+
+#[tokio::test]
+async fn admission_policy_without_its_binding_fails_and_the_missing_webhook_still_fails() {
+    let mut f = admission_policy_install();
+    f.set("mutatingadmissionpolicybindings", vec![]);
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "admission-policy.installed",
+        Status::Fail,
+        "has no binding",
+    );
+    assert_status(
+        &report,
+        "webhook.configuration",
+        Status::Fail,
+        "never calls the webhook",
+    );
+}
+
+#[tokio::test]
+async fn both_engines_at_once_warn() {
+    let mut f = admission_policy_install();
+    let ca = ca_pem(NOW - 10 * DAY, NOW + 365 * DAY);
+    f.put(
+        "mutatingwebhookconfigurations",
+        webhook_configuration(&Policy::default(), ca.into_bytes()),
+    );
+    f.put("endpointslices", endpoint_slice(Some(true)));
+    let report = examine(f).await;
+    assert_status(
+        &report,
+        "admission-policy.engines",
+        Status::Warn,
+        "both the MutatingWebhookConfiguration and the admission policies",
+    );
+    assert_status(&report, "webhook.configuration", Status::Ok, "exists");
+}
+
+/// Kubernetes 1.34-1.35: the mutating policy is served as v1beta1 only (v1 paths are 404), and the doctor finds it.
+#[tokio::test]
+async fn v1beta1_admission_policies_are_found_on_1_34() {
+    use lb_l7_core::render::admission_policy::{PolicyApiVersion, render_admission_policies};
+    let mut fake = admission_policy_install();
+    let policy = Policy::from_yaml(DEFAULT_POLICY_YAML).expect("policy");
+    let docs = render_admission_policies(&policy)
+        .expect("renders")
+        .documents(PolicyApiVersion::V1beta1);
+    fake.set("mutatingadmissionpolicies", vec![docs[0].clone()]);
+    fake.set("mutatingadmissionpolicybindings", vec![docs[1].clone()]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let path = request.uri().path().to_string();
+            let query = request.uri().query().unwrap_or("").to_string();
+            let (code, body) =
+                if path.contains("/admissionregistration.k8s.io/v1/mutatingadmission") {
+                    not_found(&path)
+                } else {
+                    fake.answer(&path, &query)
+                };
+            let response = Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                .expect("response");
+            send.send_response(response);
+        }
+    });
+    let client = kube::Client::new(service, "default");
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        doctor::examine(&client, &options()),
+    )
+    .await
+    .expect("finished")
+    .expect("ran");
+    assert_status(
+        &report,
+        "admission-policy.installed",
+        Status::Ok,
+        "(admissionregistration.k8s.io/v1beta1)",
+    );
+    assert_status(
+        &report,
+        "admission-policy.drift",
+        Status::Ok,
+        "what the policy renders",
+    );
+    assert_eq!(report.summary.fail, 0, "{:#?}", report.checks);
+}

@@ -268,3 +268,94 @@ async fn run_probe(client: &Client, namespace: &str) -> Result<ProbeOutcome, Clu
         },
     })
 }
+
+/// Reads the admission-policy engine's objects (`manifests --engine admission-policy`) by name: the mutating
+/// policy and its binding as `admissionregistration.k8s.io/v1`, else `v1beta1` (Kubernetes 1.34-1.35), and the
+/// warnings ValidatingAdmissionPolicy and its binding (`v1`).
+pub async fn fetch_admission_policies(
+    client: &Client,
+) -> Result<super::checks::AdmissionPolicyState, ClusterError> {
+    use k8s_openapi::api::admissionregistration::{v1, v1beta1};
+    use lb_l7_core::render::admission_policy::{MUTATING_POLICY_NAME, WARNINGS_POLICY_NAME};
+
+    /// A v1beta1 object as its v1 type (the same fields; only apiVersion differs).
+    fn to_v1<B: serde::Serialize, V: serde::de::DeserializeOwned>(beta: B) -> Lookup<V> {
+        let converted = serde_json::to_value(beta).and_then(|mut v| {
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "apiVersion".into(),
+                    serde_json::Value::String("admissionregistration.k8s.io/v1".into()),
+                );
+            }
+            serde_json::from_value(v)
+        });
+        match converted {
+            Ok(v) => Lookup::Found(v),
+            Err(e) => Lookup::Unreadable(format!("v1beta1 object not convertible: {e}")),
+        }
+    }
+
+    let what = |kind: &str, name: &str| format!("{kind} {name}");
+    let (mutating, mutating_binding, warnings, warnings_binding) = tokio::join!(
+        async {
+            let api: Api<v1::MutatingAdmissionPolicy> = Api::all(client.clone());
+            classify(
+                &what("MutatingAdmissionPolicy", MUTATING_POLICY_NAME),
+                api.get(MUTATING_POLICY_NAME).await,
+            )
+        },
+        async {
+            let api: Api<v1::MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+            classify(
+                &what("MutatingAdmissionPolicyBinding", MUTATING_POLICY_NAME),
+                api.get(MUTATING_POLICY_NAME).await,
+            )
+        },
+        async {
+            let api: Api<v1::ValidatingAdmissionPolicy> = Api::all(client.clone());
+            classify(
+                &what("ValidatingAdmissionPolicy", WARNINGS_POLICY_NAME),
+                api.get(WARNINGS_POLICY_NAME).await,
+            )
+        },
+        async {
+            let api: Api<v1::ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+            classify(
+                &what("ValidatingAdmissionPolicyBinding", WARNINGS_POLICY_NAME),
+                api.get(WARNINGS_POLICY_NAME).await,
+            )
+        },
+    );
+    let (mut mutating, mut mutating_binding) = (mutating?, mutating_binding?);
+    let mut mutating_api_version = "admissionregistration.k8s.io/v1".to_string();
+    if matches!(mutating, Lookup::Missing) {
+        let api: Api<v1beta1::MutatingAdmissionPolicy> = Api::all(client.clone());
+        let beta = classify(
+            &what("MutatingAdmissionPolicy (v1beta1)", MUTATING_POLICY_NAME),
+            api.get(MUTATING_POLICY_NAME).await,
+        )?;
+        if let Lookup::Found(beta) = beta {
+            mutating = to_v1(beta);
+            mutating_api_version = "admissionregistration.k8s.io/v1beta1".to_string();
+            let api: Api<v1beta1::MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+            mutating_binding = match classify(
+                &what(
+                    "MutatingAdmissionPolicyBinding (v1beta1)",
+                    MUTATING_POLICY_NAME,
+                ),
+                api.get(MUTATING_POLICY_NAME).await,
+            )? {
+                Lookup::Found(b) => to_v1(b),
+                Lookup::Missing => Lookup::Missing,
+                Lookup::Unreadable(why) => Lookup::Unreadable(why),
+            };
+        }
+    }
+    Ok(super::checks::AdmissionPolicyState {
+        mutating,
+        mutating_binding,
+        mutating_api_version,
+        warnings: warnings?,
+        warnings_binding: warnings_binding?,
+    })
+}

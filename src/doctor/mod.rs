@@ -67,7 +67,8 @@ pub struct DoctorArgs {
     pub policy_configmap: Option<String>,
 
     /// A policy file to compare with the policy the webhook runs: a warning when they differ. The checks use the
-    /// policy the webhook runs.
+    /// policy the webhook runs. In the admission-policy mode, the file the admission policies were rendered from
+    /// (their drift check); without it, the policy the cluster runs.
     #[arg(long, env = "LB_L7_POLICY")]
     pub policy: Option<std::path::PathBuf>,
 
@@ -121,10 +122,26 @@ pub fn render_for_drift(policy: &Policy, webhook_name: &str) -> MutatingWebhookC
 }
 
 /// Fetches and diagnoses: the whole doctor without the printing. Tests call this with a mocked client.
+///
+/// The admission-policy engine's checks compare the live admission policies with what `--policy FILE` renders,
+/// or else the policy the cluster's webhook runs.
 pub async fn examine(client: &kube::Client, opts: &DiagnoseOptions) -> Result<Report, FetchError> {
     let state = fetch(client, opts).await?;
     let render = |policy: &Policy| Some(render_for_drift(policy, &opts.webhook_name));
-    Ok(diagnose(&state, opts, Some(&render)))
+    let report = diagnose(&state, opts, Some(&render));
+    let admission = fetch::fetch_admission_policies(client).await?;
+    let installed = checks::check_policy(&state.policy, opts).1;
+    let policy = opts
+        .policy_file
+        .as_ref()
+        .map(|(_, p)| p)
+        .or(installed.as_ref());
+    Ok(checks::amend_report(
+        report,
+        &admission,
+        &state.webhook,
+        policy,
+    ))
 }
 
 /// Renders the report and returns the exit status it calls for.

@@ -8,7 +8,8 @@
 //! - [`patch`]: the annotations a decision adds, as a JSON Patch (the webhook's, and the guarded one controllers
 //!   send).
 //! - [`admission`]: AdmissionReview bytes in, AdmissionReview out (fail open, uid always echoed).
-//! - [`render`]: the MutatingWebhookConfiguration for a policy.
+//! - [`render`]: the MutatingWebhookConfiguration for a policy, and ([`render::admission_policy`]) the same
+//!   policy as a MutatingAdmissionPolicy with a ValidatingAdmissionPolicy for the warnings.
 //! - [`cabundle`]: caBundle PEM parsing.
 #![forbid(unsafe_code)]
 

@@ -416,6 +416,7 @@ pub(crate) fn unreadable_fix(what: &str) -> String {
     )
 }
 
+mod admission_policy;
 mod cilium;
 mod drift;
 mod effect;
@@ -424,6 +425,7 @@ mod probe;
 mod reconciler;
 mod webhook;
 
+pub use admission_policy::*;
 pub use cilium::*;
 pub use drift::*;
 pub use effect::*;

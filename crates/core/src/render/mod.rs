@@ -27,6 +27,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 
 use crate::policy::{OPT_LABEL, Policy, Scope, WEBHOOK_NAMESPACE};
 
+/// The same policy as a MutatingAdmissionPolicy (and a ValidatingAdmissionPolicy for the warnings).
+pub mod admission_policy;
+
 /// `metadata.name` of the configuration the shipped manifests install.
 pub const DEFAULT_CONFIGURATION_NAME: &str = "lb-l7-webhook";
 /// `webhooks[].name`: the API server requires a fully qualified name (at least three DNS labels).
