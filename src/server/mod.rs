@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod selfcert;
 pub mod tls;
 
 use std::net::SocketAddr;
