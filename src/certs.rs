@@ -76,7 +76,10 @@ pub fn generate_ca(common_name: &str, days: u32) -> Result<PemPair, CertError> {
 
 /// The validity window of a certificate made at `now` for `validity`: backdated by a tenth of it (at most five
 /// minutes) for clocks that lag behind ours, so a one-minute certificate is still mostly in the future.
-pub fn window(now: OffsetDateTime, validity: std::time::Duration) -> (OffsetDateTime, OffsetDateTime) {
+pub fn window(
+    now: OffsetDateTime,
+    validity: std::time::Duration,
+) -> (OffsetDateTime, OffsetDateTime) {
     let validity = Duration::try_from(validity)
         .unwrap_or(Duration::days(36500))
         .max(Duration::seconds(1));

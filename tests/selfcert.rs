@@ -146,27 +146,29 @@ async fn the_charts_empty_secret_is_filled_in_by_update_with_its_resource_versio
     });
     let server = start_self(client, long()).await;
     eventually(10, "ready", || ready(server.probe)).await;
-    let st = state.lock().unwrap();
-    assert_consistent(&st);
-    assert!(
-        st.requests
-            .iter()
-            .any(|r| r == "PUT /api/v1/namespaces/lb-l7-system/secrets/lb-l7-webhook-certs"
-                || r.starts_with("PUT /api/v1/namespaces/lb-l7-system/secrets/lb-l7-webhook-certs?")),
-        "{:?}",
-        st.requests
-    );
-    assert!(
-        !st.requests.iter().any(|r| r.starts_with("POST")),
-        "{:?}",
-        st.requests
-    );
-    assert_eq!(
-        st.secret.as_ref().unwrap()["metadata"]["labels"]["app.kubernetes.io/managed-by"],
-        json!("Helm"),
-        "the chart's labels stay"
-    );
-    drop(st);
+    {
+        let st = state.lock().unwrap();
+        assert_consistent(&st);
+        assert!(
+            st.requests.iter().any(|r| r
+                == "PUT /api/v1/namespaces/lb-l7-system/secrets/lb-l7-webhook-certs"
+                || r.starts_with(
+                    "PUT /api/v1/namespaces/lb-l7-system/secrets/lb-l7-webhook-certs?"
+                )),
+            "{:?}",
+            st.requests
+        );
+        assert!(
+            !st.requests.iter().any(|r| r.starts_with("POST")),
+            "{:?}",
+            st.requests
+        );
+        assert_eq!(
+            st.secret.as_ref().unwrap()["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            json!("Helm"),
+            "the chart's labels stay"
+        );
+    }
     server.stop().await;
 }
 
@@ -184,7 +186,11 @@ async fn a_wiped_ca_bundle_is_restored_after_the_watch_event() {
         let st = state.clone();
         async move {
             let st = st.lock().unwrap();
-            st.requests.iter().filter(|r| r.contains("watch=true")).count() >= 2
+            st.requests
+                .iter()
+                .filter(|r| r.contains("watch=true"))
+                .count()
+                >= 2
         }
     })
     .await;
@@ -214,7 +220,8 @@ async fn a_wiped_ca_bundle_is_restored_after_the_watch_event() {
         "{text}"
     );
     assert!(ready(server.probe).await);
-    assert_eq!(served_cert(server.addr, &ca).await.is_empty(), false);
+    let tls_crt = state.lock().unwrap().secret_data()["tls.crt"].clone();
+    assert_eq!(served_cert(server.addr, &ca).await, der(&tls_crt));
     server.stop().await;
 }
 
@@ -281,7 +288,11 @@ fn serves_development_certificates_and_the_certs_command_do_not_share_a_director
     let serve = Serve::parse_from(["serve"]).args;
     let mut certs = Certs::parse_from(["certs"]).args;
     assert_eq!(serve.certs_dir, std::path::Path::new("certs/dev"));
-    assert_eq!(certs.out_dir, std::path::Path::new("certs"), "where the docs say");
+    assert_eq!(
+        certs.out_dir,
+        std::path::Path::new("certs"),
+        "where the docs say"
+    );
 
     // The quick start's server, then the deploy step's `certs`, both with their defaults, in one directory.
     let cwd = tempfile::tempdir().unwrap();
@@ -293,9 +304,113 @@ fn serves_development_certificates_and_the_certs_command_do_not_share_a_director
     certs.out_dir = cwd.path().join(&certs.out_dir);
     let deployed = lb_l7_webhook::certs::generate(&certs).unwrap();
     assert_ne!(deployed.paths.tls_crt, dev.tls_crt);
-    assert_eq!(std::fs::read(&dev.tls_crt).unwrap(), before, "the dev server's certificate is untouched");
+    assert_eq!(
+        std::fs::read(&dev.tls_crt).unwrap(),
+        before,
+        "the dev server's certificate is untouched"
+    );
     assert_eq!(std::fs::read(&dev.ca_crt).unwrap(), dev_ca);
     // And the dev certificate still is for localhost (curl --cacert certs/dev/ca.crt https://localhost:8443).
     let dev_pem = String::from_utf8(before).unwrap();
-    assert!(selfcert::trusts(&dev_ca, dev_pem.as_bytes(), "localhost", time::OffsetDateTime::now_utc().unix_timestamp()));
+    assert!(selfcert::trusts(
+        &dev_ca,
+        dev_pem.as_bytes(),
+        "localhost",
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    ));
+}
+
+#[test]
+fn the_charts_self_mode_arguments_parse_into_the_settings() {
+    // As charts/lb-l7-webhook/templates/deployment.yaml passes them (mode self, one extra SAN).
+    let serve = Serve::try_parse_from([
+        "serve",
+        "--cert-secret",
+        "lb-l7-system/lb-l7-webhook-certs",
+        "--webhook-configuration",
+        "lb-l7-webhook",
+        "--service",
+        "lb-l7-system/lb-l7-webhook",
+        "--san",
+        "webhook.example.com",
+        "--ca-validity",
+        "87600h",
+        "--cert-validity",
+        "8760h",
+    ])
+    .unwrap()
+    .args;
+    let s = serve.self_managed().expect("self-managed");
+    assert_eq!(s.secret_namespace, "lb-l7-system");
+    assert_eq!(s.secret_name, "lb-l7-webhook-certs");
+    assert_eq!(s.webhook_configuration, "lb-l7-webhook");
+    assert_eq!(s.server_name(), "lb-l7-webhook.lb-l7-system.svc");
+    for name in [
+        "lb-l7-webhook",
+        "lb-l7-webhook.lb-l7-system",
+        "lb-l7-webhook.lb-l7-system.svc.cluster.local",
+        "webhook.example.com",
+    ] {
+        assert!(s.sans.iter().any(|n| n == name), "{name}: {:?}", s.sans);
+    }
+    assert_eq!(s.ca_validity, Duration::from_secs(87600 * 3600));
+    assert_eq!(s.cert_validity, Duration::from_secs(8760 * 3600));
+
+    // The defaults: ten years and one year; one minute is the shortest; no mixing with certificate files.
+    let d = Serve::try_parse_from([
+        "serve",
+        "--cert-secret",
+        "ns/s",
+        "--webhook-configuration",
+        "w",
+        "--cert-validity",
+        "1m",
+    ])
+    .unwrap()
+    .args;
+    assert_eq!(
+        d.ca_validity,
+        Duration::from_secs(3650 * 86400 + 2 * 86400 + 43200)
+    );
+    assert_eq!(d.cert_validity, Duration::from_secs(60));
+    assert!(
+        Serve::try_parse_from([
+            "serve",
+            "--cert-secret",
+            "ns/s",
+            "--webhook-configuration",
+            "w",
+            "--cert-validity",
+            "59s"
+        ])
+        .is_err()
+    );
+    assert!(
+        Serve::try_parse_from(["serve", "--cert-secret", "ns/s"]).is_err(),
+        "needs --webhook-configuration"
+    );
+    assert!(
+        Serve::try_parse_from([
+            "serve",
+            "--cert-secret",
+            "no-namespace",
+            "--webhook-configuration",
+            "w"
+        ])
+        .is_err()
+    );
+    assert!(
+        Serve::try_parse_from([
+            "serve",
+            "--cert-secret",
+            "ns/s",
+            "--webhook-configuration",
+            "w",
+            "--tls-cert",
+            "a",
+            "--tls-key",
+            "b"
+        ])
+        .is_err()
+    );
 }

@@ -82,7 +82,10 @@ async fn certificates_and_the_ca_rotate_under_load_without_a_failed_review() {
                     Ok(_) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => failures.lock().unwrap().push(format!("new connection: {e}")),
+                    Err(e) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("new connection: {e}")),
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -96,8 +99,11 @@ async fn certificates_and_the_ca_rotate_under_load_without_a_failed_review() {
     // Wait for a full CA cycle: a second CA, certificates from it, the first CA expired and pruned.
     eventually(50, "the first CA was renewed and then pruned", || async {
         let text = metrics_text(server.probe).await;
-        metric(&text, r#"lb_l7_webhook_cert_rotations_total{what="ca_pruned"}"#)
-            .is_some_and(|v| v >= 1.0)
+        metric(
+            &text,
+            r#"lb_l7_webhook_cert_rotations_total{what="ca_pruned"}"#,
+        )
+        .is_some_and(|v| v >= 1.0)
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -105,8 +111,16 @@ async fn certificates_and_the_ca_rotate_under_load_without_a_failed_review() {
         w.await.unwrap();
     }
     let failures = failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{} failures: {failures:?}", failures.len());
-    assert!(ok.load(Ordering::Relaxed) > 100, "traffic flowed: {}", ok.load(Ordering::Relaxed));
+    assert!(
+        failures.is_empty(),
+        "{} failures: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "traffic flowed: {}",
+        ok.load(Ordering::Relaxed)
+    );
 
     let text = metrics_text(server.probe).await;
     let count = |what: &str| {
@@ -120,19 +134,32 @@ async fn certificates_and_the_ca_rotate_under_load_without_a_failed_review() {
     assert!(count("serving") >= 3.0, "{text}");
 
     // Every caBundle written overlaps the one before it: no switch from one CA to another in one step.
-    let st = state.lock().unwrap();
-    let written = st.ca_bundles_written.clone();
+    let (written, violations, data) = {
+        let st = state.lock().unwrap();
+        (
+            st.ca_bundles_written.clone(),
+            st.violations.clone(),
+            st.secret_data(),
+        )
+    };
     assert!(written.len() >= 3, "{}", written.len());
     for pair in written.windows(2) {
         let (a, b) = (pems(&pair[0]), pems(&pair[1]));
-        assert!(a.iter().any(|c| b.contains(c)), "a caBundle change without overlap");
+        assert!(
+            a.iter().any(|c| b.contains(c)),
+            "a caBundle change without overlap"
+        );
     }
-    assert!(st.violations.is_empty(), "{:?}", st.violations);
-    let data = st.secret_data();
-    drop(st);
+    assert!(violations.is_empty(), "{violations:?}");
     // At the end: one CA, and the served certificate is the Secret's, trusted by the caBundle.
-    assert_eq!(lb_l7_webhook::server::selfcert::bundle_len(&data["ca.crt"]), 1);
-    assert_eq!(served_cert(server.addr, &bundle()).await, der(&data["tls.crt"]));
+    assert_eq!(
+        lb_l7_webhook::server::selfcert::bundle_len(&data["ca.crt"]),
+        1
+    );
+    assert_eq!(
+        served_cert(server.addr, &bundle()).await,
+        der(&data["tls.crt"])
+    );
     server.stop().await;
 }
 

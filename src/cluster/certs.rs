@@ -27,7 +27,9 @@ pub enum CertApiError {
         resource: String,
         message: String,
     },
-    #[error("{op}: conflict (HTTP 409): another writer (another replica?) changed it first; reading it again")]
+    #[error(
+        "{op}: conflict (HTTP 409): another writer (another replica?) changed it first; reading it again"
+    )]
     Conflict { op: String },
     #[error("{op}: not found (HTTP 404). Fix: {fix}")]
     NotFound { op: String, fix: String },
@@ -111,18 +113,12 @@ impl CertObjects {
     }
 
     fn secret_ref(&self) -> String {
-        format!(
-            "secrets/{} -n {}",
-            self.secret_name, self.secret_namespace
-        )
+        format!("secrets/{} -n {}", self.secret_name, self.secret_namespace)
     }
 
     fn secret_err(&self, op: &str, verb: &'static str, e: kube::Error) -> CertApiError {
         classify(
-            format!(
-                "{op} Secret {}/{}",
-                self.secret_namespace, self.secret_name
-            ),
+            format!("{op} Secret {}/{}", self.secret_namespace, self.secret_name),
             verb,
             self.secret_ref(),
             "it was deleted meanwhile; it is created again",
@@ -234,13 +230,15 @@ impl CertObjects {
     pub fn watch_secret(&self) -> impl Stream<Item = Result<(), CertApiError>> + Send + use<> {
         let fields = format!("metadata.name={}", self.secret_name);
         let this = self.clone();
-        watcher(self.secrets.clone(), watcher::Config::default().fields(&fields))
-            .default_backoff()
-            .map(move |r| {
-                r.map(|_| ()).map_err(|e| {
-                    this.secret_err("watching", "watch", watch_error(e))
-                })
-            })
+        watcher(
+            self.secrets.clone(),
+            watcher::Config::default().fields(&fields),
+        )
+        .default_backoff()
+        .map(move |r| {
+            r.map(|_| ())
+                .map_err(|e| this.secret_err("watching", "watch", watch_error(e)))
+        })
     }
 
     /// Like [`watch_secret`](Self::watch_secret), for the webhook configuration.
@@ -249,12 +247,15 @@ impl CertObjects {
     ) -> impl Stream<Item = Result<(), CertApiError>> + Send + use<> {
         let fields = format!("metadata.name={}", self.webhook_name);
         let this = self.clone();
-        watcher(self.webhooks.clone(), watcher::Config::default().fields(&fields))
-            .default_backoff()
-            .map(move |r| {
-                r.map(|_| ())
-                    .map_err(|e| this.webhook_err("watching", "watch", watch_error(e)))
-            })
+        watcher(
+            self.webhooks.clone(),
+            watcher::Config::default().fields(&fields),
+        )
+        .default_backoff()
+        .map(move |r| {
+            r.map(|_| ())
+                .map_err(|e| this.webhook_err("watching", "watch", watch_error(e)))
+        })
     }
 }
 

@@ -151,9 +151,7 @@ impl CertManager {
             );
             contents = next;
         } else if plan.waiting_for_ca_bundle {
-            tracing::info!(
-                "a new serving certificate waits until every caBundle holds the new CA"
-            );
+            tracing::info!("a new serving certificate waits until every caBundle holds the new CA");
         }
 
         // caBundle of every webhook = the Secret's ca.crt.

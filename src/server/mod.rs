@@ -92,7 +92,12 @@ pub struct ServeArgs {
     pub service: Option<(String, String)>,
 
     /// With --cert-secret: one more DNS name or IP address for the serving certificate (repeat for more).
-    #[arg(long = "san", env = "LB_L7_SANS", value_delimiter = ',', value_name = "NAME_OR_IP")]
+    #[arg(
+        long = "san",
+        env = "LB_L7_SANS",
+        value_delimiter = ',',
+        value_name = "NAME_OR_IP"
+    )]
     pub sans: Vec<String>,
 
     /// With --cert-secret: lifetime of a new CA (renewed at two thirds, with an overlap in caBundle).

@@ -314,7 +314,7 @@ pub fn plan(
         let signing_trusted = observed.is_some_and(|bundles| {
             bundles
                 .iter()
-                .all(|b| bundle_ders(b).iter().any(|d| *d == signing.der))
+                .all(|b| bundle_ders(b).contains(&signing.der))
         });
         if signing_trusted || !usable {
             let (not_before, not_after) = certs::window(at(now), settings.cert_validity);
@@ -535,7 +535,12 @@ mod tests {
         let bundles = [c.ca_crt.clone().into_bytes()];
         let (nb, na) = validity_of(&c.tls_crt).unwrap();
         let at = renew_at(nb, na);
-        assert!(plan(&c, Some(&bundles), at - 1, &s).unwrap().write.is_none());
+        assert!(
+            plan(&c, Some(&bundles), at - 1, &s)
+                .unwrap()
+                .write
+                .is_none()
+        );
         let p = plan(&c, Some(&bundles), at, &s).unwrap();
         assert_eq!(p.changes, vec![Change::Serving]);
         let t = now();

@@ -228,7 +228,11 @@ impl CertStore {
 
     /// Expiry of the certificate being served (Unix seconds).
     pub fn not_after(&self) -> i64 {
-        self.current.load().as_ref().map(|l| l.not_after).unwrap_or(0)
+        self.current
+            .load()
+            .as_ref()
+            .map(|l| l.not_after)
+            .unwrap_or(0)
     }
 
     /// Re-reads the files every `interval` until `stop` fires. Failures are logged and counted once per new

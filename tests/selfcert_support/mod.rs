@@ -102,11 +102,7 @@ impl State {
                     .map(|h| {
                         h["clientConfig"]["caBundle"]
                             .as_str()
-                            .map(|b| {
-                                base64::engine::general_purpose::STANDARD
-                                    .decode(b)
-                                    .unwrap()
-                            })
+                            .map(|b| base64::engine::general_purpose::STANDARD.decode(b).unwrap())
                             .unwrap_or_default()
                     })
                     .collect()
@@ -294,7 +290,11 @@ fn answer(shared: &Shared, parts: &http::request::Parts, body: &[u8]) -> Respons
                 st.notify(true, "ADDED");
                 return full(
                     StatusCode::CONFLICT,
-                    &status(409, "AlreadyExists", "secrets \"lb-l7-webhook-certs\" already exists"),
+                    &status(
+                        409,
+                        "AlreadyExists",
+                        "secrets \"lb-l7-webhook-certs\" already exists",
+                    ),
                 );
             }
             if st.secret.is_some() {
