@@ -414,3 +414,41 @@ fn the_charts_self_mode_arguments_parse_into_the_settings() {
         .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_start_together_converge_on_one_secret_and_one_ca() {
+    let (client, state) = fake_cluster(State {
+        webhook: Some(webhook_configuration()),
+        ..Default::default()
+    });
+    let mut servers = vec![start_self(client, long()).await];
+    for _ in 0..2 {
+        servers.push(start_self(fake_client(&state), long()).await);
+    }
+    for s in &servers {
+        eventually(10, "every replica ready", || ready(s.probe)).await;
+    }
+    let data = {
+        let st = state.lock().unwrap();
+        assert_consistent(&st);
+        st.secret_data()
+    };
+    assert_eq!(selfcert::bundle_len(&data["ca.crt"]), 1, "one CA");
+    let mut new_cas = 0.0;
+    for s in &servers {
+        assert_eq!(
+            served_cert(s.addr, &data["ca.crt"]).await,
+            der(&data["tls.crt"]),
+            "every replica serves the Secret's certificate"
+        );
+        new_cas += metric(
+            &metrics_text(s.probe).await,
+            r#"lb_l7_webhook_cert_rotations_total{what="ca"}"#,
+        )
+        .unwrap_or(0.0);
+    }
+    assert_eq!(new_cas, 1.0, "one CA written in all");
+    for s in servers {
+        s.stop().await;
+    }
+}

@@ -191,9 +191,14 @@ fn query_pairs(q: &str) -> HashMap<String, String> {
 
 /// A kube client over the fake, and the fake's state. The fake runs until the client is dropped.
 pub fn fake_cluster(state: State) -> (kube::Client, Shared) {
+    let shared = Arc::new(Mutex::new(state));
+    (fake_client(&shared), shared)
+}
+
+/// One more client over the same fake cluster (another replica).
+pub fn fake_client(shared: &Shared) -> kube::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (service, mut handle) = mock::pair::<Request<Body>, Response<RespBody>>();
-    let shared = Arc::new(Mutex::new(state));
     let s = shared.clone();
     tokio::spawn(async move {
         while let Some((req, respond)) = handle.next_request().await {
@@ -203,7 +208,7 @@ pub fn fake_cluster(state: State) -> (kube::Client, Shared) {
             respond.send_response(response);
         }
     });
-    (kube::Client::new(service, "default"), shared)
+    kube::Client::new(service, "default")
 }
 
 fn answer(shared: &Shared, parts: &http::request::Parts, body: &[u8]) -> Response<RespBody> {
