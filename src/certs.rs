@@ -63,15 +63,36 @@ fn gen_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertError {
     move |source| CertError::Generate { what, source }
 }
 
-fn validity(params: &mut CertificateParams, days: u32) {
-    let now = OffsetDateTime::now_utc();
-    // A little slack for clocks that lag behind ours.
-    params.not_before = now - Duration::minutes(5);
-    params.not_after = now + Duration::days(i64::from(days.max(1)));
-}
-
 /// A new self-signed CA.
 pub fn generate_ca(common_name: &str, days: u32) -> Result<PemPair, CertError> {
+    let now = OffsetDateTime::now_utc();
+    // A little slack for clocks that lag behind ours.
+    generate_ca_between(
+        common_name,
+        now - Duration::minutes(5),
+        now + Duration::days(i64::from(days.max(1))),
+    )
+}
+
+/// The validity window of a certificate made at `now` for `validity`: backdated by a tenth of it (at most five
+/// minutes) for clocks that lag behind ours, so a one-minute certificate is still mostly in the future.
+pub fn window(
+    now: OffsetDateTime,
+    validity: std::time::Duration,
+) -> (OffsetDateTime, OffsetDateTime) {
+    let validity = Duration::try_from(validity)
+        .unwrap_or(Duration::days(36500))
+        .max(Duration::seconds(1));
+    let backdate: Duration = (validity / 10_i32).min(Duration::minutes(5));
+    (now - backdate, now + validity)
+}
+
+/// A new self-signed CA valid from `not_before` to `not_after`.
+pub fn generate_ca_between(
+    common_name: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<PemPair, CertError> {
     let key = KeyPair::generate().map_err(gen_err("the CA key"))?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err("the CA"))?;
     let mut dn = DistinguishedName::new();
@@ -83,7 +104,8 @@ pub fn generate_ca(common_name: &str, days: u32) -> Result<PemPair, CertError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut params, days);
+    params.not_before = not_before;
+    params.not_after = not_after;
     let cert = params.self_signed(&key).map_err(gen_err("the CA"))?;
     Ok(PemPair {
         cert_pem: cert.pem(),
@@ -93,6 +115,22 @@ pub fn generate_ca(common_name: &str, days: u32) -> Result<PemPair, CertError> {
 
 /// A serving certificate for `sans` (DNS names or IP addresses), signed by the CA.
 pub fn issue_serving(ca: &PemPair, sans: &[String], days: u32) -> Result<PemPair, CertError> {
+    let now = OffsetDateTime::now_utc();
+    issue_serving_between(
+        ca,
+        sans,
+        now - Duration::minutes(5),
+        now + Duration::days(i64::from(days.max(1))),
+    )
+}
+
+/// A serving certificate for `sans`, signed by the CA, valid from `not_before` to `not_after`.
+pub fn issue_serving_between(
+    ca: &PemPair,
+    sans: &[String],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<PemPair, CertError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(gen_err("reading the CA key"))?;
     let issuer =
         Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(gen_err("reading the CA"))?;
@@ -123,7 +161,8 @@ pub fn issue_serving(ca: &PemPair, sans: &[String], days: u32) -> Result<PemPair
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, days);
+    params.not_before = not_before;
+    params.not_after = not_after;
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(gen_err("the serving certificate"))?;

@@ -246,3 +246,6 @@ pub async fn read_inventory(
         namespaces,
     })
 }
+
+/// `serve --cert-secret`: its Secret and its webhook configuration's caBundle.
+pub mod certs;

@@ -29,6 +29,9 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// How long a client may take to send the body.
     pub body_timeout: Duration,
+    /// False while no certificate that the caBundle trusts is served (`serve --cert-secret`); always true with
+    /// certificate files.
+    pub cert_ready: Arc<AtomicBool>,
 }
 
 /// An error answered as JSON, `{"error": "..."}`, without internals.
@@ -93,7 +96,14 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    if !state.cert_ready.load(Ordering::Relaxed) && state.ready.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no certificate that the webhook configuration's caBundle trusts is served yet (see the logs and \
+             lb_l7_webhook_cert_manager_errors_total)\n",
+        )
+            .into_response()
+    } else if state.ready.load(Ordering::Relaxed) {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()

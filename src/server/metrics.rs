@@ -29,6 +29,17 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabels {
+    /// ca | ca_pruned | serving | ca_bundle
+    pub what: &'static str,
+}
+
 /// Every metric the webhook exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -38,6 +49,12 @@ pub struct Metrics {
     pub review_duration: Histogram,
     pub tls_reloads: Family<ReloadLabels, Counter>,
     pub tls_cert_not_after: Gauge,
+    /// TLS handshakes that failed, by reason (`unknown_ca`: the client, e.g. the API server, does not trust our CA).
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    /// `serve --cert-secret`: failed steps of the certificate manager, by reason.
+    pub cert_manager_errors: Family<ReasonLabels, Counter>,
+    /// `serve --cert-secret`: what the certificate manager wrote (a new CA, a new serving certificate, caBundle).
+    pub cert_rotations: Family<WhatLabels, Counter>,
 }
 
 impl Metrics {
@@ -77,6 +94,26 @@ impl Metrics {
             "Expiry (Unix time) of the certificate being served",
             tls_cert_not_after.clone(),
         );
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the webhook port that failed, by reason (unknown_ca / bad_certificate: the client \
+             does not trust the served certificate; from the API server that means a wrong caBundle)",
+            tls_handshake_failures.clone(),
+        );
+        let cert_manager_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "cert_manager_errors",
+            "serve --cert-secret: failed Kubernetes calls or certificate steps of the certificate manager, by reason",
+            cert_manager_errors.clone(),
+        );
+        let cert_rotations = Family::<WhatLabels, Counter>::default();
+        registry.register(
+            "cert_rotations",
+            "serve --cert-secret: writes of the certificate manager: a new CA (ca), expired CAs removed (ca_pruned), \
+             a new serving certificate (serving), caBundle set or restored (ca_bundle)",
+            cert_rotations.clone(),
+        );
         Arc::new(Metrics {
             registry,
             reviews,
@@ -84,6 +121,9 @@ impl Metrics {
             review_duration,
             tls_reloads,
             tls_cert_not_after,
+            tls_handshake_failures,
+            cert_manager_errors,
+            cert_rotations,
         })
     }
 

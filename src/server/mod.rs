@@ -6,7 +6,11 @@
 
 pub mod http;
 pub mod metrics;
+pub mod selfcert;
 pub mod tls;
+// serve --cert-secret and TLS handshake failures.
+pub mod certmanager;
+pub mod handshake;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,8 +49,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LB_L7_POLICY")]
     pub policy: Option<PathBuf>,
 
-    /// PEM certificate chain to serve. With neither --tls-cert nor --tls-key, `certs/tls.crt` is used, and
-    /// generated (with a CA beside it) when it does not exist.
+    /// PEM certificate chain to serve. With neither --tls-cert nor --tls-key (nor --cert-secret),
+    /// `certs/dev/tls.crt` is used, and generated (with a CA beside it) when it does not exist.
     #[arg(long, env = "LB_L7_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
@@ -54,8 +58,9 @@ pub struct ServeArgs {
     #[arg(long, env = "LB_L7_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Directory for the generated development certificates.
-    #[arg(long, env = "LB_L7_CERTS_DIR", default_value = "certs")]
+    /// Directory for the generated development certificates (not `certs/`, where the `certs` command writes the
+    /// cluster's).
+    #[arg(long, env = "LB_L7_CERTS_DIR", default_value = "certs/dev")]
     pub certs_dir: PathBuf,
 
     /// How often the certificate files are re-read (rotation without a restart).
@@ -69,6 +74,99 @@ pub struct ServeArgs {
     /// On SIGTERM, how long requests in flight may take to finish before the process exits anyway.
     #[arg(long, env = "LB_L7_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Self-managed certificates: keep a CA and the serving certificate in this Secret (NAMESPACE/NAME; created,
+    /// or filled in when it exists without them), serve them from memory, and keep the caBundle of every webhook
+    /// of --webhook-configuration equal to the CA(s). Needs the kubeconfig or the in-cluster config.
+    #[arg(long, env = "LB_L7_CERT_SECRET", value_name = "NAMESPACE/NAME", requires = "webhook_configuration",
+          conflicts_with_all = ["tls_cert", "tls_key"], value_parser = parse_object_ref)]
+    pub cert_secret: Option<(String, String)>,
+
+    /// With --cert-secret: the MutatingWebhookConfiguration whose caBundle serve keeps.
+    #[arg(long, env = "LB_L7_WEBHOOK_CONFIGURATION", requires = "cert_secret")]
+    pub webhook_configuration: Option<String>,
+
+    /// With --cert-secret: the webhook's Service (NAMESPACE/NAME); the certificate is for NAME, NAME.NAMESPACE,
+    /// NAME.NAMESPACE.svc and NAME.NAMESPACE.svc.cluster.local. Default: lb-l7-webhook in the Secret's namespace.
+    #[arg(long, env = "LB_L7_SERVICE", value_name = "NAMESPACE/NAME", value_parser = parse_object_ref)]
+    pub service: Option<(String, String)>,
+
+    /// With --cert-secret: one more DNS name or IP address for the serving certificate (repeat for more).
+    #[arg(
+        long = "san",
+        env = "LB_L7_SANS",
+        value_delimiter = ',',
+        value_name = "NAME_OR_IP"
+    )]
+    pub sans: Vec<String>,
+
+    /// With --cert-secret: lifetime of a new CA (renewed at two thirds, with an overlap in caBundle).
+    #[arg(long, env = "LB_L7_CA_VALIDITY", default_value = "10years", value_parser = parse_validity)]
+    pub ca_validity: Duration,
+
+    /// With --cert-secret: lifetime of a serving certificate (renewed at two thirds).
+    #[arg(long, env = "LB_L7_CERT_VALIDITY", default_value = "1year", value_parser = parse_validity)]
+    pub cert_validity: Duration,
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_object_ref(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+/// A humantime duration of at least one minute.
+fn parse_validity(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(60) {
+        return Err(format!("{s} is shorter than one minute"));
+    }
+    Ok(d)
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM files, re-read every --cert-reload-interval.
+    Files(TlsFiles),
+    /// `--cert-secret`: a Secret this process keeps, served from memory.
+    Secret(Box<selfcert::Settings>),
+}
+
+impl From<TlsFiles> for TlsSource {
+    fn from(files: TlsFiles) -> Self {
+        TlsSource::Files(files)
+    }
+}
+
+impl ServeArgs {
+    /// The settings of `--cert-secret`, when given.
+    pub fn self_managed(&self) -> Option<selfcert::Settings> {
+        let (ns, name) = self.cert_secret.clone()?;
+        let (svc_ns, svc) = self
+            .service
+            .clone()
+            .unwrap_or_else(|| (ns.clone(), "lb-l7-webhook".to_string()));
+        let mut sans = crate::certs::service_dns_names(&svc, &svc_ns);
+        for san in &self.sans {
+            let san = san.trim();
+            if !san.is_empty() && !sans.iter().any(|s| s == san) {
+                sans.push(san.to_string());
+            }
+        }
+        Some(selfcert::Settings {
+            secret_namespace: ns,
+            secret_name: name,
+            webhook_configuration: self.webhook_configuration.clone().unwrap_or_default(),
+            sans,
+            ca_validity: self.ca_validity,
+            cert_validity: self.cert_validity,
+        })
+    }
 }
 
 /// Everything a running server needs, resolved from flags.
@@ -77,7 +175,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub probe_listen: SocketAddr,
     pub policy: Policy,
-    pub tls: TlsFiles,
+    pub tls: TlsSource,
     pub cert_reload_interval: Duration,
     pub client_timeout: Duration,
     pub drain_timeout: Duration,
@@ -87,11 +185,12 @@ impl ServerConfig {
     /// Resolves flags: reads the policy and, on a first run without certificates, generates them.
     pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
         let policy = crate::input::load_policy(args.policy.as_deref())?;
-        let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => TlsFiles {
+        let tls = match (&args.tls_cert, &args.tls_key, args.self_managed()) {
+            (_, _, Some(settings)) => TlsSource::Secret(Box::new(settings)),
+            (Some(cert), Some(key), None) => TlsSource::Files(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
-            },
+            }),
             _ => {
                 let (paths, generated) = crate::certs::ensure_dev_certs(&args.certs_dir)
                     .context("generating development certificates")?;
@@ -106,10 +205,10 @@ impl ServerConfig {
                 } else {
                     tracing::info!(cert = %paths.tls_crt.display(), ca = %paths.ca_crt.display(), "using existing certificates");
                 }
-                TlsFiles {
+                TlsSource::Files(TlsFiles {
                     cert: paths.tls_crt,
                     key: paths.tls_key,
-                }
+                })
             }
         };
         Ok(ServerConfig {
@@ -131,14 +230,54 @@ pub struct Server {
     probe_listener: TcpListener,
     state: Arc<AppState>,
     certs: Arc<CertStore>,
+    cert_manager: Option<certmanager::CertManager>,
 }
 
 impl Server {
-    /// Loads the certificate and binds both listeners. Errors name what failed.
+    /// Loads the certificate and binds both listeners. Errors name what failed. With `--cert-secret`, the
+    /// Kubernetes client comes from the kubeconfig or the in-cluster config.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        Self::bind_with_client(config, None).await
+    }
+
+    /// Like [`Server::bind`], with this Kubernetes client for `--cert-secret` (tests pass a mock).
+    pub async fn bind_with_client(
+        config: ServerConfig,
+        client: Option<kube::Client>,
+    ) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
-        let certs = CertStore::load(config.tls.clone(), metrics.clone())
-            .context("loading the serving certificate")?;
+        let cert_ready = Arc::new(AtomicBool::new(true));
+        let (certs, cert_manager) = match &config.tls {
+            TlsSource::Files(files) => (
+                CertStore::load(files.clone(), metrics.clone())
+                    .context("loading the serving certificate")?,
+                None,
+            ),
+            TlsSource::Secret(settings) => {
+                let client = match client {
+                    Some(c) => c,
+                    None => kube::Client::try_default().await.context(
+                        "--cert-secret needs the Kubernetes API: no kubeconfig or in-cluster config",
+                    )?,
+                };
+                let store = CertStore::in_memory(
+                    &format!(
+                        "Secret {}/{}",
+                        settings.secret_namespace, settings.secret_name
+                    ),
+                    metrics.clone(),
+                );
+                cert_ready.store(false, Ordering::Relaxed);
+                let manager = certmanager::CertManager::new(
+                    client,
+                    (**settings).clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    cert_ready.clone(),
+                );
+                (store, Some(manager))
+            }
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the webhook listener {}", config.listen))?;
@@ -150,6 +289,7 @@ impl Server {
             metrics,
             ready: true.into(),
             body_timeout: config.client_timeout,
+            cert_ready,
         });
         Ok(Server {
             config,
@@ -157,6 +297,7 @@ impl Server {
             probe_listener,
             state,
             certs,
+            cert_manager,
         })
     }
 
@@ -181,8 +322,11 @@ impl Server {
             probe_listener,
             state,
             certs,
+            cert_manager,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let cert_manager = cert_manager.map(|m| tokio::spawn(m.run(stop_rx.clone())));
+        let handshakes = Arc::new(handshake::HandshakeLog::default());
 
         let reloader = tokio::spawn(
             certs
@@ -244,16 +388,18 @@ impl Server {
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let handshake_timeout = config.client_timeout;
+            let (handshakes, metrics) = (handshakes.clone(), state.metrics.clone());
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        let (reason, what) = handshake::classify(&e);
+                        handshakes.failed(&metrics, peer, reason, &what);
                         return;
                     }
                     Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
+                        handshakes.timed_out(&metrics, peer);
                         return;
                     }
                 };
@@ -296,6 +442,9 @@ impl Server {
         }
         let _ = stop_tx.send(true);
         let _ = reloader.await;
+        if let Some(m) = cert_manager {
+            let _ = m.await;
+        }
         let _ = probe.await;
         tracing::info!("stopped");
         Ok(())

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -98,8 +98,12 @@ fn parse_pair(
 
 /// The serving certificate, swappable at run time.
 pub struct CertStore {
+    /// The files (or, in memory mode, the names used in error messages).
     files: TlsFiles,
-    current: ArcSwap<Loaded>,
+    /// False in memory mode (`serve --cert-secret`): nothing to re-read, [`CertStore::set_pem`] swaps.
+    from_files: bool,
+    /// None until a first certificate is set in memory mode: handshakes fail meanwhile.
+    current: ArcSwapOption<Loaded>,
     metrics: Arc<Metrics>,
 }
 
@@ -120,7 +124,8 @@ impl CertStore {
         metrics.tls_cert_not_after.set(not_after);
         Ok(Arc::new(CertStore {
             files,
-            current: ArcSwap::from_pointee(Loaded {
+            from_files: true,
+            current: ArcSwapOption::from_pointee(Loaded {
                 key,
                 cert_bytes,
                 key_bytes,
@@ -128,6 +133,45 @@ impl CertStore {
             }),
             metrics,
         }))
+    }
+
+    /// A store with no certificate yet, filled by [`CertStore::set_pem`] (`serve --cert-secret`: certificates from
+    /// a Secret, kept in memory). `source` names them in errors, e.g. `Secret ns/name`.
+    pub fn in_memory(source: &str, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(CertStore {
+            files: TlsFiles {
+                cert: PathBuf::from(format!("{source} tls.crt")),
+                key: PathBuf::from(format!("{source} tls.key")),
+            },
+            from_files: false,
+            current: ArcSwapOption::empty(),
+            metrics,
+        })
+    }
+
+    /// Serves this pair from the next handshake on. `Ok(true)` when it differs from the one served; a broken pair
+    /// is rejected and the old one stays.
+    pub fn set_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<bool, TlsError> {
+        if let Some(current) = self.current.load().as_ref()
+            && current.cert_bytes == cert_pem
+            && current.key_bytes == key_pem
+        {
+            return Ok(false);
+        }
+        let (key, not_after) = parse_pair(&self.files, cert_pem, key_pem)?;
+        self.current.store(Some(Arc::new(Loaded {
+            key,
+            cert_bytes: cert_pem.to_vec(),
+            key_bytes: key_pem.to_vec(),
+            not_after,
+        })));
+        self.metrics.tls_cert_not_after.set(not_after);
+        Ok(true)
+    }
+
+    /// The PEM certificate chain being served, if any.
+    pub fn current_cert_pem(&self) -> Option<Vec<u8>> {
+        self.current.load().as_ref().map(|l| l.cert_bytes.clone())
     }
 
     /// A rustls server config that resolves through this store and offers h2 and http/1.1.
@@ -150,10 +194,16 @@ impl CertStore {
     /// Re-reads the files; swaps in the new pair when they changed and are good.
     /// Returns `Ok(true)` when a new certificate is now served.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        if !self.from_files {
+            return Ok(false);
+        }
         let cert_bytes = read(&self.files.cert)?;
         let key_bytes = read(&self.files.key)?;
         let current = self.current.load();
-        if cert_bytes == current.cert_bytes && key_bytes == current.key_bytes {
+        if let Some(current) = current.as_ref()
+            && cert_bytes == current.cert_bytes
+            && key_bytes == current.key_bytes
+        {
             return Ok(false);
         }
         // A Secret volume swaps both files at once, but two reads can straddle the swap: read the certificate
@@ -163,12 +213,12 @@ impl CertStore {
         }
         match parse_pair(&self.files, &cert_bytes, &key_bytes) {
             Ok((key, not_after)) => {
-                self.current.store(Arc::new(Loaded {
+                self.current.store(Some(Arc::new(Loaded {
                     key,
                     cert_bytes,
                     key_bytes,
                     not_after,
-                }));
+                })));
                 self.metrics.tls_cert_not_after.set(not_after);
                 Ok(true)
             }
@@ -178,7 +228,11 @@ impl CertStore {
 
     /// Expiry of the certificate being served (Unix seconds).
     pub fn not_after(&self) -> i64 {
-        self.current.load().not_after
+        self.current
+            .load()
+            .as_ref()
+            .map(|l| l.not_after)
+            .unwrap_or(0)
     }
 
     /// Re-reads the files every `interval` until `stop` fires. Failures are logged and counted once per new
@@ -188,6 +242,9 @@ impl CertStore {
         interval: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        if !self.from_files {
+            return;
+        }
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_failure: Option<(Vec<u8>, Vec<u8>)> = None;
@@ -235,6 +292,6 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().key.clone())
+        self.current.load().as_ref().map(|l| l.key.clone())
     }
 }

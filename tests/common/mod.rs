@@ -68,7 +68,7 @@ pub fn config(policy: Policy, tls: TlsFiles) -> ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         probe_listen: "127.0.0.1:0".parse().unwrap(),
         policy,
-        tls,
+        tls: tls.into(),
         cert_reload_interval: Duration::from_millis(200),
         client_timeout: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(5),
