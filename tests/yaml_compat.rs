@@ -55,8 +55,7 @@ fn same_as_json(yaml: &str, json_objects: &[&str]) -> Vec<String> {
         .collect()
 }
 
-const NAMESPACE_YAML: &str =
-    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    lb-l7-webhook/enabled: \"true\"\n";
+const NAMESPACE_YAML: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    lb-l7-webhook/enabled: \"true\"\n";
 
 #[test]
 fn block_merge_key_under_spec_keeps_its_ports() {

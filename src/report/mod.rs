@@ -106,7 +106,11 @@ pub struct StatedLabels {
 
 /// Parses `NS=KEY=VALUE[,KEY=VALUE]` (a value may be empty: `NS=KEY=`).
 pub fn parse_namespace_labels(text: &str) -> Result<StatedLabels, String> {
-    let usage = || format!("{text:?}: expected NS=KEY=VALUE[,KEY=VALUE], e.g. checkout=lb-l7-webhook/enabled=true");
+    let usage = || {
+        format!(
+            "{text:?}: expected NS=KEY=VALUE[,KEY=VALUE], e.g. checkout=lb-l7-webhook/enabled=true"
+        )
+    };
     let (namespace, pairs) = text.split_once('=').ok_or_else(usage)?;
     if namespace.is_empty() || pairs.is_empty() {
         return Err(usage());
