@@ -1022,6 +1022,28 @@ mod tests {
     }
 
     #[test]
+    fn a_large_stream_is_decoded_on_several_threads_in_order() {
+        let mut text = String::new();
+        for i in 0..1500 {
+            if i == 1234 {
+                text.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: bad\n");
+            } else {
+                text.push_str(&format!(
+                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n"
+                ));
+            }
+        }
+        let inv = read(&text);
+        assert_eq!(inv.services.len(), 1499);
+        assert_eq!(
+            inv.services[1300].origin.as_ref().map(|o| o.document),
+            Some(1302)
+        );
+        assert_eq!(inv.errors.len(), 1);
+        assert_eq!(inv.errors[0].document, Some(1235));
+    }
+
+    #[test]
     fn spec_before_kind_is_buffered_and_still_typed() {
         let inv = read(
             "spec: {ports: [{name: grpc, port: 9}]}\nmetadata: {name: late}\nkind: Service\napiVersion: v1\n",
