@@ -4,6 +4,10 @@
 //!
 //! Run with `cargo bench --bench report` (release profile). `LB_L7_BENCH_SERVICES` changes the count,
 //! `LB_L7_BENCH_RUNS` the runs per case.
+//!
+//! `cargo bench --bench report -- e2e` runs only the end-to-end cases: the release binary itself,
+//! `lb-l7-webhook report FILE -o json > /dev/null`, under `/usr/bin/time -v`, `LB_L7_BENCH_E2E_RUNS` times (3) per
+//! input (multi-document YAML, JSON List), printing the best wall time and the peak RSS of each run.
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
@@ -121,6 +125,47 @@ fn time_case(
     median[0]
 }
 
+/// Runs the release binary on a file `runs` times under `/usr/bin/time -v`: (wall seconds, peak RSS KiB) per run.
+fn time_binary(file: &Path, runs: usize) -> Vec<(f64, u64)> {
+    let bin = env!("CARGO_BIN_EXE_lb-l7-webhook");
+    (0..runs)
+        .map(|_| {
+            let out = std::process::Command::new("/usr/bin/time")
+                .arg("-v")
+                .arg(bin)
+                .arg("report")
+                .arg(file)
+                .args(["-o", "json"])
+                .env("LB_L7_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .output()
+                .expect("/usr/bin/time (apt-get install time)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stderr);
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.trim().strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| panic!("{name} in {text}"))
+            };
+            // `m:ss.cc` or `h:mm:ss`.
+            let wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss):")
+                .split(':')
+                .fold(0.0, |acc, part| {
+                    acc * 60.0 + part.parse::<f64>().unwrap_or(0.0)
+                });
+            let rss = field("Maximum resident set size (kbytes):")
+                .parse()
+                .unwrap_or(0);
+            (wall, rss)
+        })
+        .collect()
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument, if any, selects cases by substring.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
@@ -148,8 +193,7 @@ fn main() {
         json.len() as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );
-    // The same Services with their labels in flow style (`{app: x}`, common in hand-written YAML): outside the
-    // fast YAML path, so serde-saphyr reads all of it.
+    // The same Services with their labels in flow style (`{app: x}`, common in hand-written YAML).
     let flow_path = dir.path().join("services-flow.yaml");
     std::fs::write(&flow_path, multi_document_yaml(n, true)).expect("write flow-style yaml");
     drop((yaml, json));
@@ -182,12 +226,43 @@ fn main() {
             OutputFormat::Policyreport,
         ),
         ("json kind: List -> json", &json_path, OutputFormat::Json),
-        (
-            "yaml flow style (serde-saphyr) -> table",
-            &flow_path,
-            OutputFormat::Table,
-        ),
+        ("yaml flow style -> table", &flow_path, OutputFormat::Table),
     ];
+    let e2e_runs: usize = std::env::var("LB_L7_BENCH_E2E_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    for (name, file) in [
+        ("e2e: binary, yaml multi-document -> json", &yaml_path),
+        ("e2e: binary, json kind: List -> json", &json_path),
+    ] {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        let runs = time_binary(file, e2e_runs);
+        let best = runs.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let rss: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{:.0}", r.1 as f64 / 1024.0))
+            .collect();
+        println!(
+            "{name:<42} best of {e2e_runs}: {best:.2}s wall (runs: {}); peak RSS MiB per run: {}",
+            runs.iter()
+                .map(|r| format!("{:.2}", r.0))
+                .collect::<Vec<_>>()
+                .join(", "),
+            rss.join(", ")
+        );
+    }
+    println!(
+        "load average at start (1, 5, 15 min): {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let mut over = Vec::new();
     for (name, file, format) in cases {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {

@@ -476,3 +476,256 @@ fn stdin_and_a_policy_file() {
     assert_eq!(code, 2);
     assert!(err.contains("--cluster"), "{err}");
 }
+
+// Manifests the way users have them: kustomize directories, namespaces not in the input, objects given twice.
+
+fn kubectl_on_path() -> bool {
+    Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_kustomize_directory_is_built_not_read_raw() {
+    if !kubectl_on_path() {
+        println!("SKIPPED: kubectl is not on PATH");
+        return;
+    }
+    let base = data("manifests/kustomize/base");
+    let (code, out, err) = run(&[base.to_str().expect("path"), "-o", "json"], None);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let lines: Vec<String> = v["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|e| format!("{}/{}:{}", e["namespace"], e["name"], e["decision"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "checkout/payment-grpc:enable",
+            "checkout/payment-web:no-match"
+        ],
+        "the namespace: transformer applies; {err}"
+    );
+    assert!(err.contains("kubectl kustomize"), "{err}");
+
+    // Found while walking a bigger directory: that subtree is built, the rest read as files, and stderr says so.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("apps/checkout");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    for f in ["kustomization.yaml", "namespace.yaml", "services.yaml"] {
+        std::fs::copy(base.join(f), sub.join(f)).expect("copy");
+    }
+    std::fs::copy(data("manifests/list.yaml"), dir.path().join("list.yaml")).expect("copy");
+    let (code, out, err) = run(&[dir.path().to_str().expect("path"), "-o", "json"], None);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let names: Vec<String> = v["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|e| format!("{}/{}", e["namespace"], e["name"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "checkout/payment-grpc",
+            "checkout/payment-web",
+            "payments/ledger",
+            "payments/ledger-enabled"
+        ],
+        "no raw default/payment-grpc; {err}"
+    );
+    assert!(
+        err.contains(&format!("{}: a kustomization inside", sub.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_kustomize_directory_without_kubectl_stops_and_says_how() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let base = data("manifests/kustomize/base");
+    let base = base.to_str().expect("path");
+    let out = bin()
+        .env("PATH", empty.path())
+        .args(["report", base, "-o", "json"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "kubectl kustomize {base} | lb-l7-webhook report -"
+        )),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["summary"]["total"], 0,
+        "no raw answer: the files of the kustomization are not read"
+    );
+}
+
+fn offline(args: &[&str]) -> serde_json::Value {
+    let input = std::fs::read(data("manifests/kustomize/base/services.yaml")).expect("read");
+    // The kustomization's Services without its Namespace object, in namespace checkout.
+    let input = String::from_utf8(input)
+        .expect("utf8")
+        .replace("metadata:\n", "metadata:\n  namespace: checkout\n");
+    let mut all = vec!["-", "-o", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run(&all, Some(input.as_bytes()));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("json")
+}
+
+#[test]
+fn without_namespace_objects_the_report_says_what_the_rules_decide_once_opted_in() {
+    let v = offline(&[]);
+    let grpc = &v["services"][0];
+    assert_eq!(grpc["name"], "payment-grpc");
+    assert_eq!(
+        grpc["decision"], "excluded-namespace",
+        "the scope still decides"
+    );
+    assert_eq!(
+        grpc["reason"],
+        "would enable once namespace checkout opts in (label lb-l7-webhook/enabled=true): port grpc (50051/TCP) matches rule 'grpc-ports'"
+    );
+    assert_eq!(grpc["wouldEnableOnOptIn"]["rule"], "grpc-ports");
+    assert_eq!(
+        grpc["wouldEnableOnOptIn"]["label"],
+        "lb-l7-webhook/enabled=true"
+    );
+    let web = &v["services"][1];
+    assert_eq!(web["name"], "payment-web");
+    assert_eq!(web["decision"], "excluded-namespace");
+    assert!(
+        web.get("wouldEnableOnOptIn").is_none(),
+        "no rule matches http: {web}"
+    );
+
+    // The table says it too.
+    let input = std::fs::read(data("manifests/kustomize/base/services.yaml")).expect("read");
+    let (_, table, _) = run(&["-"], Some(&input));
+    assert!(
+        table.contains("would enable once namespace default opts in")
+            && table.contains(
+                "1 excluded-namespace Service would be enabled once its namespace opts in"
+            ),
+        "{table}"
+    );
+
+    // A namespace labelled false is its owner's no: no hint.
+    let (_, out, _) = run(
+        &[
+            "-",
+            "-o",
+            "json",
+            "--namespace-labels",
+            "default=lb-l7-webhook/enabled=false",
+        ],
+        Some(&input),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(v["services"][0].get("wouldEnableOnOptIn").is_none(), "{v}");
+}
+
+#[test]
+fn namespace_labels_and_assume_opted_in_state_what_the_input_lacks() {
+    let v = offline(&[
+        "--namespace-labels",
+        "checkout=lb-l7-webhook/enabled=true,team=pay",
+    ]);
+    assert_eq!(v["services"][0]["decision"], "enable");
+    assert_eq!(v["services"][1]["decision"], "no-match");
+    assert!(
+        v["services"][0]["warnings"]
+            .as_array()
+            .expect("warnings")
+            .is_empty(),
+        "{v}"
+    );
+    assert_eq!(
+        v["statedNamespaceLabels"]["checkout"]["team"], "pay",
+        "the report says which labels were stated"
+    );
+
+    let v = offline(&["--assume-opted-in"]);
+    assert_eq!(v["services"][0]["decision"], "enable");
+    assert_eq!(
+        v["statedNamespaceLabels"]["checkout"]["lb-l7-webhook/enabled"],
+        "true"
+    );
+
+    // From the environment, as every flag.
+    let input = std::fs::read(data("manifests/kustomize/base/services.yaml")).expect("read");
+    let mut child = bin()
+        .env(
+            "LB_L7_REPORT_NAMESPACE_LABELS",
+            "other=a=b default=lb-l7-webhook/enabled=true",
+        )
+        .args(["report", "-", "-o", "json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&input)
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["services"][0]["decision"], "enable", "{v}");
+
+    // A malformed value is refused with the expected shape.
+    let (code, _, err) = run(&["-", "--namespace-labels", "checkout"], Some(b""));
+    assert_eq!(code, 2);
+    assert!(err.contains("NS=KEY=VALUE"), "{err}");
+}
+
+#[test]
+fn the_same_service_given_twice_is_one_service_with_a_warning_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("again.yaml");
+    std::fs::copy(data("manifests/kustomize-output.yaml"), &copy).expect("copy");
+    let r = report::build_report(
+        &Policy::default().compile(),
+        report::read_offline(
+            &[data("manifests/kustomize-output.yaml"), copy.clone()],
+            None,
+        ),
+    );
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(
+        names(&r),
+        [
+            "checkout/payment-grpc:enable",
+            "checkout/payment-web:no-match"
+        ]
+    );
+    let file = data("manifests/kustomize-output.yaml")
+        .display()
+        .to_string();
+    let warning = r.services[0]
+        .warnings
+        .iter()
+        .find(|w| w.contains("given 2 times"))
+        .unwrap_or_else(|| panic!("{:?}", r.services[0].warnings));
+    assert_eq!(
+        warning,
+        &format!(
+            "the same Service is given 2 times ({file} (document 3), {} (document 3)): one Service, as the last one defines it",
+            copy.display()
+        )
+    );
+    assert_eq!(r.summary.total, 2);
+}

@@ -4,8 +4,9 @@
 //! when they come first (as `kubectl`, kustomize and the API server write them), so a Service's `metadata` and
 //! `spec` go straight into k8s-openapi's types and every other object is skipped without building a value. Only a
 //! document that puts `metadata` or `spec` before `kind` is buffered as a `serde_json::Value` and converted once its
-//! kind is known. JSON input goes through serde_json, YAML through serde-saphyr, one document at a time, so a bad
-//! document is reported with its file and number and never hides the others.
+//! kind is known. JSON input goes through serde_json, YAML through serde_norway (libyaml, with YAML merge keys applied
+//! as kubectl applies them), one document at a time, so a bad document is reported with its file and number and
+//! never hides the others.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +39,9 @@ impl fmt::Display for Origin {
 pub struct FoundService {
     pub service: Service,
     pub origin: Option<Origin>,
+    /// Offline: earlier definitions of the same Service (same namespace and name) that this one replaced, as a
+    /// later `kubectl apply` of the same object would.
+    pub replaced: Vec<Origin>,
 }
 
 /// A file or document that could not be read. The message names the file and, for a bad document, its number
@@ -79,6 +83,12 @@ pub struct Inventory {
     pub skipped: usize,
     /// Where the namespaces come from, so a Service whose Namespace is not among them gets the right warning.
     pub namespace_source: NamespaceSource,
+    /// Namespace labels the user stated (`--namespace-labels`, `--assume-opted-in`) rather than read.
+    pub stated: BTreeMap<String, BTreeMap<String, String>>,
+    /// What the reader did that the user should know, for stderr (e.g. a kustomization built instead of read).
+    pub notices: Vec<String>,
+    /// Offline: the index in `services` of each (namespace, name), so a Service given twice is one Service.
+    seen: HashMap<(String, String), usize>,
 }
 
 /// Where an inventory's namespace labels come from.
@@ -131,12 +141,12 @@ impl Inventory {
                 .map(|service| FoundService {
                     service,
                     origin: None,
+                    replaced: Vec::new(),
                 })
                 .collect(),
             namespaces,
-            errors: Vec::new(),
-            skipped: 0,
             namespace_source,
+            ..Inventory::default()
         })
     }
 }
@@ -153,7 +163,10 @@ impl Inventory {
                     Err(e) => self.file_error("-", format!("cannot read stdin: {e}")),
                 }
             } else if path.is_dir() {
-                self.read_dir(path);
+                match super::kustomize::kustomization_file(path) {
+                    Some(_) => self.read_kustomization(path, None),
+                    None => self.read_dir(path),
+                }
             } else {
                 self.read_file(path);
             }
@@ -190,7 +203,10 @@ impl Inventory {
         paths.sort();
         for p in paths {
             if p.is_dir() {
-                self.read_dir(&p);
+                match super::kustomize::kustomization_file(&p) {
+                    Some(_) => self.read_kustomization(&p, Some(dir)),
+                    None => self.read_dir(&p),
+                }
             } else if p
                 .extension()
                 .and_then(|e| e.to_str())
@@ -198,6 +214,27 @@ impl Inventory {
             {
                 self.read_file(&p);
             }
+        }
+    }
+
+    /// A kustomization: its raw files are not what gets applied, so read what `kubectl kustomize` builds, or
+    /// record an error that says how to build it. `inside` is the directory being walked when it was found there.
+    fn read_kustomization(&mut self, dir: &Path, inside: Option<&Path>) {
+        let shown = dir.display().to_string();
+        match super::kustomize::build(dir) {
+            Ok(bytes) => {
+                self.notices.push(match inside {
+                    Some(parent) => format!(
+                        "{shown}: a kustomization inside {}: reading the output of `kubectl kustomize {shown}` instead of its raw files",
+                        parent.display()
+                    ),
+                    None => format!(
+                        "{shown}: a kustomization: reading the output of `kubectl kustomize {shown}`"
+                    ),
+                });
+                self.read_bytes(&format!("kubectl kustomize {shown}"), &bytes);
+            }
+            Err(e) => self.file_error(&shown, e.to_string()),
         }
     }
 
@@ -246,7 +283,7 @@ impl Inventory {
     }
 
     /// Parses the documents of a YAML stream, on every core for a large stream: YAML parsing dominates the
-    /// time of an offline report (serde-saphyr's parser reads about 10 MB/s per core here), the split into
+    /// time of an offline report (libyaml reads about 15 MB/s per core here), the split into
     /// documents is exact, and documents are independent, so contiguous runs of them are parsed in parallel and
     /// added in their original order.
     fn read_yaml(&mut self, file: &Arc<str>, text: &str) {
@@ -264,30 +301,33 @@ impl Inventory {
                 .collect()
         } else {
             let per_thread = docs.len().div_ceil(threads);
+            let parse_chunk = |chunk: &[(u64, &str)]| -> Vec<Parsed> {
+                // A panic in the parser fails its documents, not the others (and keeps the numbering).
+                std::panic::catch_unwind(|| {
+                    chunk
+                        .iter()
+                        .map(|(line, doc)| parse_yaml_document(*line, doc))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_else(|_| {
+                    (0..chunk.len())
+                        .map(|_| Err((None, "the YAML parser panicked".to_string())))
+                        .collect()
+                })
+            };
+            let mut chunks = docs.chunks(per_thread);
+            let first = chunks.next().unwrap_or_default();
             std::thread::scope(|scope| {
-                let handles: Vec<_> = docs
-                    .chunks(per_thread)
-                    .map(|chunk| {
-                        let handle = scope.spawn(move || {
-                            chunk
-                                .iter()
-                                .map(|(line, doc)| parse_yaml_document(*line, doc))
-                                .collect::<Vec<_>>()
-                        });
-                        (chunk.len(), handle)
-                    })
+                let handles: Vec<_> = chunks
+                    .map(|chunk| scope.spawn(move || parse_chunk(chunk)))
                     .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|(len, h)| {
-                        // A panic in the parser fails its documents, not the others (and keeps the numbering).
-                        h.join().unwrap_or_else(|_| {
-                            (0..len)
-                                .map(|_| Err((None, "the YAML parser panicked".to_string())))
-                                .collect()
-                        })
-                    })
-                    .collect()
+                // The first run of documents on this thread: what it decodes is allocated from the main thread's
+                // heap, which the report's entries reuse once the Services are evaluated (less peak memory).
+                let mut parsed = parse_chunk(first);
+                for h in handles {
+                    parsed.extend(h.join().unwrap_or_default());
+                }
+                parsed
             })
         };
         for (i, result) in parsed.into_iter().enumerate() {
@@ -328,13 +368,35 @@ impl Inventory {
                     });
                     return;
                 }
-                self.services.push(FoundService {
-                    service: *svc,
-                    origin: Some(Origin {
-                        file: file.clone(),
-                        document,
-                    }),
-                });
+                let origin = Origin {
+                    file: file.clone(),
+                    document,
+                };
+                let key = (
+                    namespace_of(&svc).to_string(),
+                    svc.metadata.name.clone().unwrap_or_default(),
+                );
+                match self.seen.get(&key) {
+                    // The same Service again: one Service, the later definition (as a later apply leaves it).
+                    Some(&i) => {
+                        let earlier = &mut self.services[i];
+                        let mut replaced = std::mem::take(&mut earlier.replaced);
+                        replaced.extend(earlier.origin.take());
+                        *earlier = FoundService {
+                            service: *svc,
+                            origin: Some(origin),
+                            replaced,
+                        };
+                    }
+                    None => {
+                        self.seen.insert(key, self.services.len());
+                        self.services.push(FoundService {
+                            service: *svc,
+                            origin: Some(origin),
+                            replaced: Vec::new(),
+                        });
+                    }
+                }
             }
             Object::Namespace { name, labels } => {
                 self.namespaces.insert(name, labels);
@@ -352,6 +414,39 @@ impl Inventory {
     pub fn retain_namespace(&mut self, namespace: &str) {
         self.services
             .retain(|f| namespace_of(&f.service) == namespace);
+        self.seen.clear();
+    }
+
+    /// Labels the user states for a namespace (`--namespace-labels`): added to those of its Namespace object, if
+    /// the input has one, and winning over them.
+    pub fn state_namespace_labels(&mut self, namespace: &str, labels: &BTreeMap<String, String>) {
+        self.namespaces
+            .entry(namespace.to_string())
+            .or_default()
+            .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.stated
+            .entry(namespace.to_string())
+            .or_default()
+            .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+
+    /// `--assume-opted-in`: every namespace of a Service that has no Namespace object (nor stated labels) is
+    /// taken as labelled `lb-l7-webhook/enabled=true`.
+    pub fn assume_opted_in(&mut self) {
+        let missing: Vec<String> = self
+            .services
+            .iter()
+            .map(|f| namespace_of(&f.service))
+            .filter(|ns| !self.namespaces.contains_key(*ns))
+            .map(str::to_string)
+            .collect();
+        let opted_in = BTreeMap::from([(
+            lb_l7_core::policy::OPT_LABEL.to_string(),
+            "true".to_string(),
+        )]);
+        for ns in missing {
+            self.state_namespace_labels(&ns, &opted_in);
+        }
     }
 }
 
@@ -367,55 +462,89 @@ type Parsed = Result<Option<TopLevel>, (Option<u64>, String)>;
 const MIN_DOCUMENTS_PER_THREAD: usize = 256;
 
 /// One YAML document; an error carries the line in the file (the document starts on `start_line`).
-fn parse_yaml_document(
-    start_line: u64,
-    doc: &str,
-) -> Result<Option<TopLevel>, (Option<u64>, String)> {
-    if let Some(node) = super::fastyaml::parse(doc)
-        && let Ok(top) = Option::<TopLevel>::deserialize(super::fastyaml::NodeDe(node))
-    {
-        return Ok(top);
-    }
-    serde_saphyr::from_str_with_options::<Option<TopLevel>>(doc, yaml_options(doc.len())).map_err(
-        |e| {
-            let mut message = yaml_message(&e);
-            let location = e.location();
-            // serde-saphyr's messages name the problem, not the value ("invalid i32"): show the line it is on.
-            if let Some(l) = location
-                && let Some(text) = usize::try_from(l.line())
-                    .ok()
-                    .and_then(|n| doc.lines().nth(n.saturating_sub(1)))
-            {
-                let text = text.trim();
-                if !text.is_empty() {
-                    message = format!(
-                        "{message} (column {}: {:?})",
-                        l.column(),
-                        truncate(text, 80)
-                    );
-                }
+///
+/// serde_norway (libyaml) decodes straight into the typed [`TopLevel`] when the document has no merge key: its
+/// typed path resolves anchors and aliases but leaves a `<<` key as an ordinary key. A document that contains
+/// `<<` anywhere (even inside a string, which only costs time) is decoded into a `Value` first, its merge keys
+/// are applied as YAML 1.1 and kubectl apply them, and the merged value is then decoded into the same types.
+fn parse_yaml_document(start_line: u64, doc: &str) -> Parsed {
+    let located = |e: serde_norway::Error| {
+        let location = e.location();
+        let mut message = yaml_message(&e);
+        // The parser's messages name the problem, not the value ("invalid type: string"): show the line it is on.
+        if let Some(l) = &location
+            && let Some(text) = doc.lines().nth(l.line().saturating_sub(1))
+        {
+            let text = text.trim();
+            if !text.is_empty() {
+                message = format!(
+                    "{message} (column {}: {:?})",
+                    l.column(),
+                    truncate(text, 80)
+                );
             }
-            (location.map(|l| start_line + l.line().max(1) - 1), message)
-        },
-    )
+        }
+        let line = location.map(|l| start_line + (l.line().max(1) as u64) - 1);
+        (line, message)
+    };
+    if !doc.contains("<<") {
+        return serde_norway::from_str::<Option<TopLevel>>(doc).map_err(located);
+    }
+    let mut value: serde_norway::Value = serde_norway::from_str(doc).map_err(located)?;
+    apply_merge_keys(&mut value).map_err(|m| (Some(start_line), m))?;
+    Option::<TopLevel>::deserialize(value).map_err(|e| (Some(start_line), yaml_message(&e)))
 }
 
-/// serde-saphyr's budget guards against alias bombs; its default caps on events and nodes (1M, 250k) would
-/// refuse a legitimate `kind: List` of 100,000 Services, so they grow with the document (every event and node
-/// takes at least one byte of input), while the alias and depth limits stay as they are.
-fn yaml_options(len: usize) -> serde_saphyr::Options {
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_events = budget.max_events.max(len.saturating_mul(2));
-    budget.max_nodes = budget.max_nodes.max(len);
-    budget.max_total_scalar_bytes = budget.max_total_scalar_bytes.max(len.saturating_mul(2));
-    serde_saphyr::options! {
-        budget: Some(budget),
-        with_snippet: false,
+/// Applies YAML merge keys (`<<: *base`, `<<: [*a, *b]`) throughout a value: keys of the mapping itself win over
+/// merged ones, earlier mappings of a list win over later ones, and a merged mapping's own `<<` is merged too.
+fn apply_merge_keys(value: &mut serde_norway::Value) -> Result<(), String> {
+    use serde_norway::Value;
+    let mut stack = vec![value];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Mapping(mapping) => {
+                // A merged mapping may carry its own `<<`: merge until none is left.
+                let mut rounds = 0;
+                while let Some(merge) = mapping.remove("<<") {
+                    rounds += 1;
+                    if rounds > 64 {
+                        return Err("merge keys nested more than 64 deep".to_string());
+                    }
+                    let sources = match merge {
+                        Value::Mapping(m) => vec![m],
+                        Value::Sequence(items) => items
+                            .into_iter()
+                            .map(|i| match i {
+                                Value::Mapping(m) => Ok(m),
+                                _ => Err("a merge key (<<) lists something that is not a mapping"
+                                    .to_string()),
+                            })
+                            .collect::<Result<_, _>>()?,
+                        _ => {
+                            return Err(
+                                "a merge key (<<) must name a mapping or a list of mappings"
+                                    .to_string(),
+                            );
+                        }
+                    };
+                    for source in sources {
+                        for (k, v) in source {
+                            mapping.entry(k).or_insert(v);
+                        }
+                    }
+                }
+                stack.extend(mapping.values_mut());
+            }
+            Value::Sequence(items) => stack.extend(items.iter_mut()),
+            Value::Tagged(tagged) => stack.push(&mut tagged.value),
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 /// The parser's message without its own (document-relative) location, which [`SourceError`] gives in the file.
-fn yaml_message(e: &serde_saphyr::Error) -> String {
+fn yaml_message(e: &serde_norway::Error) -> String {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or_default();
     match first.rfind(" at line ") {
@@ -458,7 +587,12 @@ pub fn split_yaml_documents(text: &str) -> impl Iterator<Item = (u64, &str)> {
                 None => (remaining, rest.len()),
             };
             let marker = this_line.trim_end_matches('\r');
-            if marker == "---" || marker == "..." {
+            // `...` ends a document; a comment may follow it on its line.
+            if marker == "---"
+                || marker == "..."
+                || marker.starts_with("... ")
+                || marker.starts_with("...\t")
+            {
                 let doc = &rest[..offset];
                 rest = &rest[next..];
                 line += 1;
@@ -856,70 +990,6 @@ mod tests {
         inv
     }
 
-    /// What a parsed document holds, comparable across the two YAML paths.
-    fn flatten(top: Option<TopLevel>) -> serde_json::Value {
-        fn obj(o: Object, out: &mut Vec<serde_json::Value>) {
-            match o {
-                Object::Service(s) => out.push(serde_json::to_value(&*s).expect("json")),
-                Object::Namespace { name, labels } => {
-                    out.push(serde_json::json!({"namespace": name, "labels": labels}))
-                }
-                Object::List(items) => items.into_iter().for_each(|i| obj(i, out)),
-                Object::Other => out.push(serde_json::Value::Null),
-            }
-        }
-        let mut out = Vec::new();
-        match top {
-            Some(TopLevel::One(o)) => obj(o, &mut out),
-            Some(TopLevel::Many(os)) => os.into_iter().for_each(|o| obj(o, &mut out)),
-            None => {}
-        }
-        serde_json::Value::Array(out)
-    }
-
-    /// Every document of the test data read by the fast path reads the same with serde-saphyr alone.
-    #[test]
-    fn fast_yaml_path_agrees_with_serde_saphyr_on_the_test_data() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let mut files = Vec::new();
-        let mut dirs = vec![root.join("services"), root.join("manifests")];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).expect("dir") {
-                let p = e.expect("entry").path();
-                if p.is_dir() {
-                    dirs.push(p);
-                } else if p.extension().is_some_and(|x| x == "yaml") {
-                    files.push(p);
-                }
-            }
-        }
-        let (mut fast_docs, mut all_docs) = (0, 0);
-        for f in &files {
-            let text = std::fs::read_to_string(f).expect("read");
-            for (_, doc) in split_yaml_documents(&text).filter(|(_, d)| has_content(d)) {
-                all_docs += 1;
-                let slow = serde_saphyr::from_str_with_options::<Option<TopLevel>>(
-                    doc,
-                    yaml_options(doc.len()),
-                );
-                let fast = super::super::fastyaml::parse(doc)
-                    .map(|n| Option::<TopLevel>::deserialize(super::super::fastyaml::NodeDe(n)));
-                if let Some(Ok(fast)) = fast {
-                    fast_docs += 1;
-                    let slow = slow.unwrap_or_else(|e| {
-                        panic!(
-                            "{}: fast path read what serde-saphyr rejects: {e}",
-                            f.display()
-                        )
-                    });
-                    assert_eq!(flatten(fast), flatten(slow), "{}: {doc}", f.display());
-                }
-            }
-        }
-        // The data is what tools write: nearly all of it takes the fast path.
-        assert!(fast_docs * 10 >= all_docs * 8, "{fast_docs} of {all_docs}");
-    }
-
     #[test]
     fn splits_documents_at_markers_only() {
         let docs: Vec<(u64, &str)> =
@@ -928,6 +998,10 @@ mod tests {
         assert_eq!(docs[1], (3, "b: |\n  ---x\n  text\n"));
         assert_eq!(docs[2].0, 7);
         assert!(docs.iter().any(|(_, d)| d.contains("c: 3")));
+        let docs: Vec<(u64, &str)> =
+            split_yaml_documents("--- # first\na: 1\n... # end\n--- # second\nb: 2\n").collect();
+        let texts: Vec<&str> = docs.iter().map(|(_, d)| d.trim()).collect();
+        assert_eq!(texts, ["", "# first\na: 1", "", "# second\nb: 2"]);
     }
 
     #[test]
@@ -945,6 +1019,28 @@ mod tests {
         assert_eq!(inv.services[0].origin.as_ref().map(|o| o.document), Some(4));
         assert_eq!(inv.namespaces["apps"]["team"], "a");
         assert_eq!(inv.skipped, 2, "Deployment and Knative Service");
+    }
+
+    #[test]
+    fn a_large_stream_is_decoded_on_several_threads_in_order() {
+        let mut text = String::new();
+        for i in 0..1500 {
+            if i == 1234 {
+                text.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: bad\n");
+            } else {
+                text.push_str(&format!(
+                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n"
+                ));
+            }
+        }
+        let inv = read(&text);
+        assert_eq!(inv.services.len(), 1499);
+        assert_eq!(
+            inv.services[1300].origin.as_ref().map(|o| o.document),
+            Some(1302)
+        );
+        assert_eq!(inv.errors.len(), 1);
+        assert_eq!(inv.errors[0].document, Some(1235));
     }
 
     #[test]

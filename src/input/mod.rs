@@ -1,6 +1,6 @@
 //! Everything read from files: the policy file, and manifests (files, directories, stdin) for `report`.
 
-mod fastyaml;
+pub mod kustomize;
 pub mod manifests;
 
 use std::path::Path;

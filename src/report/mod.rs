@@ -11,6 +11,7 @@
 
 pub mod render;
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,8 +24,8 @@ use crate::cluster::policy_source::Chosen;
 use crate::cluster::target_ports::ResolvedPorts;
 pub use crate::input::manifests::{FoundService, Inventory, SourceError, namespace_of};
 use lb_l7_core::policy::{
-    CompiledPolicy, Decision, DecisionKind, Mode, Policy, Scope, cilium_envoy_config_name,
-    describe_port,
+    CompiledPolicy, Decision, DecisionKind, Mode, NamespaceContext, OPT_LABEL, Policy, Scope,
+    cilium_envoy_config_name, describe_port,
 };
 
 /// Exit status when a file or document could not be read (the report lists what could be).
@@ -90,6 +91,49 @@ pub struct ReportArgs {
     /// With --cluster: the MutatingWebhookConfiguration whose webhook's policy is used when --policy is not given.
     #[arg(long, env = "LB_L7_WEBHOOK_NAME", default_value = crate::cluster::policy_source::DEFAULT_WEBHOOK_NAME)]
     pub webhook_name: String,
+
+    /// Offline: a namespace's labels, as NS=KEY=VALUE[,KEY=VALUE] (repeatable; space-separated in the variable),
+    /// for a namespace whose Namespace object is not in the input (they win over the object's when it is).
+    #[arg(long = "namespace-labels", value_name = "NS=KEY=VALUE[,KEY=VALUE]", env = "LB_L7_REPORT_NAMESPACE_LABELS",
+          value_delimiter = ' ', value_parser = parse_namespace_labels, conflicts_with = "cluster")]
+    pub namespace_labels: Vec<StatedLabels>,
+
+    /// Offline: treat every namespace without a Namespace object in the input (nor --namespace-labels) as opted in
+    /// (labelled lb-l7-webhook/enabled=true).
+    #[arg(long, env = "LB_L7_REPORT_ASSUME_OPTED_IN", conflicts_with = "cluster")]
+    pub assume_opted_in: bool,
+}
+
+/// One `--namespace-labels` value: a namespace and the labels stated for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatedLabels {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Parses `NS=KEY=VALUE[,KEY=VALUE]` (a value may be empty: `NS=KEY=`).
+pub fn parse_namespace_labels(text: &str) -> Result<StatedLabels, String> {
+    let usage = || {
+        format!(
+            "{text:?}: expected NS=KEY=VALUE[,KEY=VALUE], e.g. checkout=lb-l7-webhook/enabled=true"
+        )
+    };
+    let (namespace, pairs) = text.split_once('=').ok_or_else(usage)?;
+    if namespace.is_empty() || pairs.is_empty() {
+        return Err(usage());
+    }
+    let mut labels = BTreeMap::new();
+    for pair in pairs.split(',') {
+        let (k, v) = pair.split_once('=').ok_or_else(usage)?;
+        if k.is_empty() {
+            return Err(usage());
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(StatedLabels {
+        namespace: namespace.to_string(),
+        labels,
+    })
 }
 
 /// One Service in a report.
@@ -115,6 +159,23 @@ pub struct Entry {
     /// Offline: the file and document the Service came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// For `excluded-namespace` only because the namespace has not opted in: what the rules decide once it does
+    /// (the same evaluation with the namespace labelled `lb-l7-webhook/enabled=true`), when that is `enable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_enable_on_opt_in: Option<OptInHint>,
+}
+
+/// What opting the namespace in would do to a Service that its scope excludes today.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OptInHint {
+    /// The label the namespace needs: `lb-l7-webhook/enabled=true`.
+    pub label: String,
+    /// The rule that would match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The rules' reason, e.g. `port grpc (50051/TCP) matches rule 'grpc-ports'`.
+    pub reason: String,
 }
 
 /// How many Services got each decision.
@@ -190,6 +251,9 @@ pub struct Report {
     pub summary: Summary,
     pub services: Vec<Entry>,
     pub errors: Vec<SourceError>,
+    /// Offline: namespace labels stated by `--namespace-labels` or `--assume-opted-in`, not read from the input.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stated_namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// What the report says about the policy it applied.
@@ -243,7 +307,38 @@ pub fn entry(service: Service, decision: Decision, source: Option<String>) -> En
         cilium_envoy_config,
         uid: meta.uid,
         source,
+        would_enable_on_opt_in: None,
     }
+}
+
+/// For a Service that the scope excludes only because its namespace has not opted in (no `lb-l7-webhook/enabled`
+/// label; `false` is the namespace owner's no, and `excludedNamespaces` stays excluded): the same evaluation with
+/// the namespace labelled `lb-l7-webhook/enabled=true`, kept when it would `enable`. `labels` caches the assumed
+/// labels per namespace.
+fn opt_in_hint(
+    policy: &CompiledPolicy,
+    svc: &Service,
+    inventory: &Inventory,
+    assumed: &mut HashMap<String, Option<BTreeMap<String, String>>>,
+) -> Option<OptInHint> {
+    let ns = namespace_of(svc);
+    let labels = assumed
+        .entry(ns.to_string())
+        .or_insert_with(|| {
+            let mut labels = inventory.namespaces.get(ns).cloned().unwrap_or_default();
+            if labels.contains_key(OPT_LABEL) {
+                return None;
+            }
+            labels.insert(OPT_LABEL.to_string(), "true".to_string());
+            Some(labels)
+        })
+        .as_ref()?;
+    let d = policy.evaluate(svc, NamespaceContext::known(ns, labels));
+    (d.kind == DecisionKind::Enable).then(|| OptInHint {
+        label: format!("{OPT_LABEL}=true"),
+        rule: d.rule,
+        reason: d.reason,
+    })
 }
 
 /// Evaluates every Service of an inventory (the policy is compiled once by the caller).
@@ -261,19 +356,48 @@ pub fn build_report_resolved(
     let mut inventory = inventory;
     let services = std::mem::take(&mut inventory.services);
     let mut summary = Summary::default();
+    let mut assumed = HashMap::new();
     let mut entries: Vec<Entry> = services
         .into_iter()
-        .map(|FoundService { service, origin }| {
-            let mut decision = evaluate_service(policy, &service, &inventory);
-            if decision.kind.is_l7() {
-                decision
-                    .warnings
-                    .extend(crate::cluster::target_ports::warnings_for(
-                        &service, resolved,
+        .map(
+            |FoundService {
+                 service,
+                 origin,
+                 replaced,
+             }| {
+                let mut decision = evaluate_service(policy, &service, &inventory);
+                if decision.kind.is_l7() {
+                    decision
+                        .warnings
+                        .extend(crate::cluster::target_ports::warnings_for(
+                            &service, resolved,
+                        ));
+                }
+                let hint = (decision.kind == DecisionKind::ExcludedNamespace)
+                    .then(|| opt_in_hint(policy, &service, &inventory, &mut assumed))
+                    .flatten();
+                if let Some(h) = &hint {
+                    decision.reason = format!(
+                        "would enable once namespace {} opts in (label {}): {}",
+                        namespace_of(&service),
+                        h.label,
+                        h.reason
+                    );
+                }
+                if !replaced.is_empty() {
+                    let mut all: Vec<String> = replaced.iter().map(|o| o.to_string()).collect();
+                    all.extend(origin.as_ref().map(|o| o.to_string()));
+                    decision.warnings.push(format!(
+                        "the same Service is given {} times ({}): one Service, as the last one defines it",
+                        all.len(),
+                        all.join(", ")
                     ));
-            }
-            entry(service, decision, origin.map(|o| o.to_string()))
-        })
+                }
+                let mut e = entry(service, decision, origin.map(|o| o.to_string()));
+                e.would_enable_on_opt_in = hint;
+                e
+            },
+        )
         .collect();
     let errors = inventory.errors;
     entries.sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -290,6 +414,17 @@ pub fn build_report_resolved(
         summary,
         services: entries,
         errors,
+        stated_namespace_labels: inventory.stated,
+    }
+}
+
+/// Applies `--namespace-labels` and `--assume-opted-in` to an offline inventory (after reading it).
+pub fn state_namespaces(inventory: &mut Inventory, stated: &[StatedLabels], assume_opted_in: bool) {
+    for s in stated {
+        inventory.state_namespace_labels(&s.namespace, &s.labels);
+    }
+    if assume_opted_in {
+        inventory.assume_opted_in();
     }
 }
 
@@ -406,10 +541,14 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
         let paths = args.paths.clone();
         let namespace = args.namespace.clone();
-        let inventory =
+        let mut inventory =
             tokio::task::spawn_blocking(move || read_offline(&paths, namespace.as_deref()))
                 .await
                 .context("the manifest reader stopped")?;
+        state_namespaces(&mut inventory, &args.namespace_labels, args.assume_opted_in);
+        for n in &inventory.notices {
+            eprintln!("note: {n}");
+        }
         build_report(&policy.compile(), inventory)
     };
     for e in &report.errors {

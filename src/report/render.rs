@@ -122,6 +122,28 @@ pub fn table(out: &mut dyn Write, report: &Report, colour: bool) -> std::io::Res
     }
     writeln!(out)?;
     writeln!(out, "Summary: {}", report.summary.line())?;
+    let on_opt_in = report
+        .services
+        .iter()
+        .filter(|e| e.would_enable_on_opt_in.is_some())
+        .count();
+    if on_opt_in > 0 {
+        writeln!(
+            out,
+            "{on_opt_in} excluded-namespace Service{} would be enabled once {} namespace opts in \
+             (state its labels with --namespace-labels NS=lb-l7-webhook/enabled=true, or --assume-opted-in).",
+            if on_opt_in == 1 { "" } else { "s" },
+            if on_opt_in == 1 { "its" } else { "their" },
+        )?;
+    }
+    for (ns, labels) in &report.stated_namespace_labels {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(
+            out,
+            "Namespace {ns}: labels stated on the command line, not read: {}",
+            labels.join(",")
+        )?;
+    }
     if report.policy.mode == lb_l7_core::policy::Mode::DryRun {
         writeln!(
             out,
