@@ -7,6 +7,11 @@
 //! - a transport error (API server unreachable, timeout) and 401 (credentials rejected) end the run: there is no
 //!   usable API server, see [`ClusterError`].
 
+pub mod events;
+pub mod lease;
+pub mod patch;
+pub mod watch;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// On SIGTERM, how long requests in flight may take to finish before the process exits anyway.
     #[arg(long, env = "LB_L7_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// `--reconcile` and the reconciler's flags.
+    #[command(flatten)]
+    pub reconcile: crate::reconcile::ServeReconcileArgs,
 }
 
 /// Everything a running server needs, resolved from flags.
@@ -380,5 +384,11 @@ pub async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::from_args(&args)?;
     let server = Server::bind(config).await?;
+    let _reconciler = crate::reconcile::spawn_in_server(
+        &args.reconcile,
+        args.policy.as_deref(),
+        &server.metrics(),
+    )
+    .await?;
     server.serve(shutdown_signal()).await
 }
