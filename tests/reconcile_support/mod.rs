@@ -182,7 +182,11 @@ impl FakeApi {
     /// Adds or replaces a Namespace (labels as a JSON object).
     pub fn put_namespace(&self, name: &str, labels: Value) {
         self.with(|s| {
-            let kind = if s.namespaces.contains_key(name) { "MODIFIED" } else { "ADDED" };
+            let kind = if s.namespaces.contains_key(name) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             let mut obj = json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": name, "uid": format!("ns-{name}"), "labels": labels}});
             Self::record(s, "namespaces", kind, &mut obj);
@@ -192,10 +196,20 @@ impl FakeApi {
     }
 
     /// Adds or replaces a Service with gRPC ports, with these annotations (or none) and labels.
-    pub fn put_service(&self, ns: &str, name: &str, annotations: Option<Value>, labels: Option<Value>) {
+    pub fn put_service(
+        &self,
+        ns: &str,
+        name: &str,
+        annotations: Option<Value>,
+        labels: Option<Value>,
+    ) {
         self.with(|s| {
             let key = (ns.to_string(), name.to_string());
-            let kind = if s.services.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+            let kind = if s.services.contains_key(&key) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             let mut obj = json!({"apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}")},
                 "spec": {"ports": [{"name": "grpc", "port": 50051, "protocol": "TCP"}]}});
@@ -248,19 +262,24 @@ impl FakeApi {
         let q = query(&parts.uri);
         let method = parts.method.as_str().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let mut s = self.state.lock().expect("state");
-        if s.dead.contains(&id) {
+        if self.with(|s| s.dead.contains(&id)) {
             // Never answered: the caller's future waits (the task owning `send` keeps it alive until dropped).
-            drop(s);
             std::future::pending::<()>().await;
             drop(send);
             return;
         }
+        let mut s = self.state.lock().expect("state");
         s.requests += 1;
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["api", "v1", resource @ ("namespaces" | "services")]) => {
-                let resource: &'static str = if *resource == "namespaces" { "namespaces" } else { "services" };
-                if q.get("watch").map(String::as_str) == Some("true") || q.get("watch").map(String::as_str) == Some("1") {
+                let resource: &'static str = if *resource == "namespaces" {
+                    "namespaces"
+                } else {
+                    "services"
+                };
+                if q.get("watch").map(String::as_str) == Some("true")
+                    || q.get("watch").map(String::as_str) == Some("1")
+                {
                     if let Some(n) = s.drop_watch.get_mut(resource)
                         && *n > 0
                     {
@@ -275,7 +294,11 @@ impl FakeApi {
                         .unwrap_or(0);
                     let events = Self::events_since(&s, resource, since);
                     if events.is_empty() {
-                        s.parked.push(Parked { resource, since, respond: send });
+                        s.parked.push(Parked {
+                            resource,
+                            since,
+                            respond: send,
+                        });
                     } else {
                         respond(send, 200, Self::watch_body(&events));
                     }
@@ -302,8 +325,16 @@ impl FakeApi {
                 let forced = s.faults.get_mut(&key).and_then(VecDeque::pop_front);
                 let code = if let Some(code) = forced {
                     let st = match code {
-                        409 => status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again"),
-                        422 => status(422, "Invalid", "the server rejected our request due to an error in our request"),
+                        409 => status(
+                            409,
+                            "Conflict",
+                            "the object has been modified; please apply your changes to the latest version and try again",
+                        ),
+                        422 => status(
+                            422,
+                            "Invalid",
+                            "the server rejected our request due to an error in our request",
+                        ),
                         c => status(c, "InternalError", "an error on the server"),
                     };
                     respond(send, code, json_body(&st));
@@ -311,7 +342,10 @@ impl FakeApi {
                 } else if let Some(current) = s.services.get(&key).cloned() {
                     let ops: Result<json_patch::Patch, _> = serde_json::from_value(body.clone());
                     let mut doc = current;
-                    match ops.map_err(|e| e.to_string()).and_then(|p| json_patch::patch(&mut doc, &p.0).map_err(|e| e.to_string())) {
+                    match ops
+                        .map_err(|e| e.to_string())
+                        .and_then(|p| json_patch::patch(&mut doc, &p.0).map_err(|e| e.to_string()))
+                    {
                         Ok(()) => {
                             Self::record(&mut s, "services", "MODIFIED", &mut doc);
                             s.services.insert(key.clone(), doc.clone());
@@ -320,7 +354,15 @@ impl FakeApi {
                             200
                         }
                         Err(_) => {
-                            respond(send, 422, json_body(&status(422, "Invalid", "the server rejected our request due to an error in our request")));
+                            respond(
+                                send,
+                                422,
+                                json_body(&status(
+                                    422,
+                                    "Invalid",
+                                    "the server rejected our request due to an error in our request",
+                                )),
+                            );
                             422
                         }
                     }
@@ -328,7 +370,14 @@ impl FakeApi {
                     respond(send, 404, json_body(&status(404, "NotFound", "not found")));
                     404
                 };
-                s.patches.push(SeenPatch { client: id, namespace: ns.to_string(), name: name.to_string(), body, at, status: code });
+                s.patches.push(SeenPatch {
+                    client: id,
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    body,
+                    at,
+                    status: code,
+                });
             }
             ("POST", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"]) => {
                 s.events.push(SeenEvent {
@@ -336,17 +385,45 @@ impl FakeApi {
                     namespace: ns.to_string(),
                     reason: body["reason"].as_str().unwrap_or_default().to_string(),
                     note: body["note"].as_str().unwrap_or_default().to_string(),
-                    regarding: body["regarding"]["name"].as_str().unwrap_or_default().to_string(),
+                    regarding: body["regarding"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 });
                 respond(send, 201, json_body(&body));
             }
-            ("GET", ["apis", "coordination.k8s.io", "v1", "namespaces", _, "leases", _]) => match &s.lease {
+            (
+                "GET",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "leases",
+                    _,
+                ],
+            ) => match &s.lease {
                 Some(l) => respond(send, 200, json_body(l)),
                 None => respond(send, 404, json_body(&status(404, "NotFound", "not found"))),
             },
-            ("POST", ["apis", "coordination.k8s.io", "v1", "namespaces", _, "leases"]) => {
+            (
+                "POST",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "leases",
+                ],
+            ) => {
                 if s.lease.is_some() {
-                    respond(send, 409, json_body(&status(409, "AlreadyExists", "exists")));
+                    respond(
+                        send,
+                        409,
+                        json_body(&status(409, "AlreadyExists", "exists")),
+                    );
                 } else {
                     let mut l = body;
                     s.rv += 1;
@@ -355,10 +432,28 @@ impl FakeApi {
                     respond(send, 201, json_body(&l));
                 }
             }
-            ("PUT", ["apis", "coordination.k8s.io", "v1", "namespaces", _, "leases", _]) => {
-                let current = s.lease.as_ref().map(|l| l["metadata"]["resourceVersion"].clone());
+            (
+                "PUT",
+                [
+                    "apis",
+                    "coordination.k8s.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "leases",
+                    _,
+                ],
+            ) => {
+                let current = s
+                    .lease
+                    .as_ref()
+                    .map(|l| l["metadata"]["resourceVersion"].clone());
                 if current.as_ref() != Some(&body["metadata"]["resourceVersion"]) {
-                    respond(send, 409, json_body(&status(409, "Conflict", "the object has been modified")));
+                    respond(
+                        send,
+                        409,
+                        json_body(&status(409, "Conflict", "the object has been modified")),
+                    );
                 } else {
                     let mut l = body;
                     s.rv += 1;
@@ -367,7 +462,15 @@ impl FakeApi {
                     respond(send, 200, json_body(&l));
                 }
             }
-            _ => respond(send, 404, json_body(&status(404, "NotFound", &format!("{method} {path}: not in this fake")))),
+            _ => respond(
+                send,
+                404,
+                json_body(&status(
+                    404,
+                    "NotFound",
+                    &format!("{method} {path}: not in this fake"),
+                )),
+            ),
         }
     }
 }
