@@ -55,7 +55,6 @@ impl Collector for ReconcileMetrics {
 
 impl MoreMetrics for ReconcileMetrics {
     fn encode_into(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let encoder = encoder;
         one(
             encoder,
             "reconcile_patches",
