@@ -58,38 +58,70 @@ impl MoreMetrics for ReconcileMetrics {
         one(
             encoder,
             "reconcile_patches",
-            "Reconciler patches by result (would-enable: policy in dry-run mode, nothing sent)",
+            "Reconciler patches by result (would-enable: policy in dry-run mode, nothing sent).",
             &self.patches,
         )?;
         one(
             encoder,
             "reconcile_queue_depth",
-            "Services waiting to be looked at",
+            "Services waiting to be looked at.",
             &self.queue_depth,
         )?;
         one(
             encoder,
             "reconcile_last_full_resync_timestamp_seconds",
-            "When the last full resync finished (Unix time)",
+            "When the last full resync finished (Unix time).",
             &self.last_resync,
         )?;
         one(
             encoder,
             "reconcile_last_full_resync_duration_seconds",
-            "How long the last full resync took, from enqueueing every Service to an empty queue",
+            "How long the last full resync took, from enqueueing every Service to an empty queue.",
             &self.last_resync_duration,
         )?;
         one(
             encoder,
             "reconcile_leader",
-            "1 when this replica holds the reconciler's Lease and patches",
+            "1 when this replica holds the reconciler's Lease and patches.",
             &self.leader,
         )?;
         one(
             encoder,
             "reconcile_cache_synced",
-            "1 once the Namespace and Service caches have been listed",
+            "1 once the Namespace and Service caches have been listed.",
             &self.cache_synced,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_into_serves_registry_they_show_on_its_metrics_page() {
+        let serve = crate::server::metrics::Metrics::new();
+        let before = serve.encode();
+        assert!(!before.contains("reconcile"), "{before}");
+        let m = ReconcileMetrics::default();
+        serve.register(Box::new(m.clone()));
+        m.leader.set(1);
+        m.patch("enabled");
+        m.queue_depth.set(7);
+        let text = serve.encode();
+        assert!(text.contains("lb_l7_webhook_reconcile_leader 1"), "{text}");
+        assert!(
+            text.contains("lb_l7_webhook_reconcile_patches_total{result=\"enabled\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lb_l7_webhook_reconcile_queue_depth 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lb_l7_webhook_review_duration_seconds_count 0"),
+            "the webhook's own metrics stay: {text}"
+        );
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 }
