@@ -28,7 +28,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PatchParams};
+
+use crate::cluster::patch::PatchOutcome;
 
 use crate::cluster::{Inventory, namespace_context};
 use crate::report::Summary;
@@ -105,35 +107,7 @@ pub struct BackfillSummary {
     pub namespace_unknown: usize,
 }
 
-/// Whether a patch error means the Service changed under us: HTTP 409, or HTTP 422 from a failed `test` op.
-pub fn is_conflict(err: &kube::Error) -> bool {
-    match err {
-        kube::Error::Api(status) => {
-            status.code == 409 || (status.code == 422 && is_failed_test(&status.message))
-        }
-        _ => false,
-    }
-}
-
-fn is_failed_test(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    // What the API server says (its generic 422 message), and what json-patch says, should a server pass it on.
-    m.contains("the server rejected our request due to an error in our request")
-        || m.contains("testing value")
-        || m.contains("test failed")
-        || m.contains("test operation does not apply")
-}
-
-fn is_not_found(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(s) if s.code == 404)
-}
-
-fn describe_error(err: &kube::Error) -> String {
-    match err {
-        kube::Error::Api(s) => format!("HTTP {} {}: {}", s.code, s.reason, s.message),
-        other => other.to_string(),
-    }
-}
+pub use crate::cluster::patch::is_conflict;
 
 /// Lists, evaluates and patches. Writes one line per change and a summary to `out`.
 pub async fn backfill(
@@ -223,7 +197,8 @@ pub async fn backfill(
     Ok(summary)
 }
 
-/// One guarded patch; on a conflict, one re-read, one re-evaluation and one more guarded patch.
+/// One guarded patch; on a conflict, one re-read, one re-evaluation and one more guarded patch
+/// ([`crate::cluster::patch::guarded_enable`], which the reconciler uses too).
 async fn patch_service(
     api: &Api<Service>,
     policy: &CompiledPolicy,
@@ -232,67 +207,26 @@ async fn patch_service(
     inventory: &Inventory,
     params: &PatchParams,
 ) -> Outcome {
-    let name = svc.metadata.name.as_deref().unwrap_or_default();
-    let first = match send_patch(api, name, svc, decision, &policy.policy, params).await {
-        Ok(()) => {
-            return Outcome::Patched {
-                after_conflict: false,
-            };
-        }
-        Err(e) => e,
-    };
-    if is_not_found(&first) {
-        return Outcome::Gone;
-    }
-    if !is_conflict(&first) {
-        return Outcome::Failed(describe_error(&first));
-    }
-    tracing::info!(service = name, error = %describe_error(&first), "conflict: reading the Service again");
-    let fresh = match api.get(name).await {
-        Ok(s) => s,
-        Err(e) if is_not_found(&e) => return Outcome::Gone,
-        Err(e) => {
-            return Outcome::Failed(format!(
-                "conflict ({}), and reading the Service again failed: {}",
-                describe_error(&first),
-                describe_error(&e)
-            ));
-        }
-    };
-    let again = policy.evaluate(
-        &fresh,
-        namespace_context(namespace_of(&fresh.metadata), &inventory.namespaces),
-    );
-    if again.kind != DecisionKind::Enable {
-        return Outcome::SkippedAfterReread(again.kind);
-    }
-    match send_patch(api, name, &fresh, &again, &policy.policy, params).await {
-        Ok(()) => Outcome::Patched {
-            after_conflict: true,
+    let outcome = crate::cluster::patch::guarded_enable(
+        api,
+        &policy.policy,
+        svc,
+        decision,
+        params,
+        |fresh| {
+            policy.evaluate(
+                fresh,
+                namespace_context(namespace_of(&fresh.metadata), &inventory.namespaces),
+            )
         },
-        Err(e) if is_not_found(&e) => Outcome::Gone,
-        Err(e) => Outcome::Failed(format!(
-            "conflict, and again after reading the Service once more: {}",
-            describe_error(&e)
-        )),
+    )
+    .await;
+    match outcome {
+        PatchOutcome::Patched { after_conflict } => Outcome::Patched { after_conflict },
+        PatchOutcome::SkippedAfterReread(kind) => Outcome::SkippedAfterReread(kind),
+        PatchOutcome::Gone => Outcome::Gone,
+        PatchOutcome::Failed { message, .. } => Outcome::Failed(message),
     }
-}
-
-async fn send_patch(
-    api: &Api<Service>,
-    name: &str,
-    svc: &Service,
-    decision: &Decision,
-    policy: &Policy,
-    params: &PatchParams,
-) -> Result<(), kube::Error> {
-    // `enable` always yields a patch; were it ever empty, there would be nothing to send.
-    let Some(p) = patch::build_guarded_patch(svc, decision, policy) else {
-        return Ok(());
-    };
-    api.patch(name, params, &Patch::<()>::Json(p))
-        .await
-        .map(|_| ())
 }
 
 #[allow(clippy::too_many_arguments)]

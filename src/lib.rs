@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod doctor;
 pub mod input;
 pub mod manifests;
+pub mod reconcile;
 pub mod report;
 pub mod server;
 pub mod telemetry;

@@ -47,6 +47,9 @@ enum Command {
     Certs(lb_l7_webhook::certs::CertsArgs),
     /// Check Cilium, the webhook and their effect in a cluster; exit 0 (ok), 1 (a check failed), 2 (cannot run).
     Doctor(lb_l7_webhook::doctor::DoctorArgs),
+    /// Keep the cluster true: watch Namespaces and Services and patch (one leader, rate-limited) every Service the
+    /// policy enables; `--revert` removes what it added from Services no longer selected.
+    Reconcile(lb_l7_webhook::reconcile::ReconcileArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
             Command::Backfill(args) => lb_l7_webhook::backfill::run(args).await,
             Command::Certs(args) => lb_l7_webhook::certs::run(args).await,
             Command::Doctor(args) => lb_l7_webhook::doctor::run(args).await,
+            Command::Reconcile(args) => lb_l7_webhook::reconcile::run(args).await,
             // Each further subcommand: `Command::X(args) => lb_l7_webhook::x::run(args).await` returning
             // anyhow::Result<ExitCode>.
         }

@@ -596,3 +596,51 @@ fn the_manifests_command_prints_each_overlays_webhook_configuration() {
         );
     }
 }
+
+/// deploy/overlays/reconciler: the base plus `serve --reconcile` (flags `serve` accepts), a token, and exactly
+/// the reconciler's RBAC (the chart's `reconciler.enabled=true`).
+#[test]
+fn the_reconciler_overlay_runs_serve_reconcile_with_exactly_its_rbac() {
+    let Some(text) = kustomize(&repo().join("deploy/overlays/reconciler")) else {
+        return;
+    };
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+    let find = |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
+    let d: Deployment = serde_json::from_value(find("Deployment")[0].clone()).expect("Deployment");
+    let pod = d.spec.template.spec.clone().expect("pod spec");
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    let c = &pod.containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    let cli = Cli::try_parse_from(std::iter::once("lb-l7-webhook".to_string()).chain(args))
+        .expect("serve accepts the overlay's flags");
+    let Sub::Serve(serve) = cli.command;
+    assert!(serve.reconcile.enabled);
+    assert_eq!(serve.reconcile.flags.max_patches_per_second, 10.0);
+    let env: Vec<_> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE"]);
+    let rules = |kind: &str| -> Value { find(kind)[0]["rules"].clone() };
+    assert_eq!(
+        rules("ClusterRole"),
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch", "patch"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ])
+    );
+    assert_eq!(
+        rules("Role"),
+        serde_json::json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": [lb_l7_webhook::cluster::lease::LEASE_NAME], "verbs": ["get", "update"]},
+        ])
+    );
+    assert_eq!(find("Role")[0]["metadata"]["namespace"], "lb-l7-system");
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        assert_eq!(
+            find(binding)[0]["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "lb-l7-webhook", "namespace": "lb-l7-system"}])
+        );
+    }
+}

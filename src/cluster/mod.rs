@@ -7,8 +7,12 @@
 //! - a transport error (API server unreachable, timeout) and 401 (credentials rejected) end the run: there is no
 //!   usable API server, see [`ClusterError`].
 
+pub mod events;
+pub mod lease;
+pub mod patch;
 pub mod policy_source;
 pub mod target_ports;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -55,6 +56,29 @@ pub struct Metrics {
     pub cert_manager_errors: Family<ReasonLabels, Counter>,
     /// `serve --cert-secret`: what the certificate manager wrote (a new CA, a new serving certificate, caBundle).
     pub cert_rotations: Family<WhatLabels, Counter>,
+    /// Collectors registered after construction (the reconciler's, under `serve --reconcile`).
+    extra: ExtraCollectors,
+}
+
+/// Collectors added with [`Metrics::register`], encoded into the same registry.
+#[derive(Debug, Default, Clone)]
+struct ExtraCollectors(Arc<std::sync::RwLock<Vec<Box<dyn MoreMetrics>>>>);
+
+/// Metrics that encode themselves into a registry they were not registered in at construction.
+pub trait MoreMetrics: std::fmt::Debug + Send + Sync + 'static {
+    fn encode_into(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error>;
+}
+
+impl Collector for ExtraCollectors {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(all) = self.0.read() else {
+            return Ok(());
+        };
+        for c in all.iter() {
+            c.encode_into(&mut encoder)?;
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
@@ -114,6 +138,8 @@ impl Metrics {
              a new serving certificate (serving), caBundle set or restored (ca_bundle)",
             cert_rotations.clone(),
         );
+        let extra = ExtraCollectors::default();
+        registry.register_collector(Box::new(extra.clone()));
         Arc::new(Metrics {
             registry,
             reviews,
@@ -124,6 +150,7 @@ impl Metrics {
             tls_handshake_failures,
             cert_manager_errors,
             cert_rotations,
+            extra,
         })
     }
 
@@ -134,6 +161,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Adds a collector to the registry `/metrics` encodes (e.g. the reconciler's metrics).
+    pub fn register(&self, collector: Box<dyn MoreMetrics>) {
+        if let Ok(mut all) = self.extra.0.write() {
+            all.push(collector);
+        }
     }
 
     pub fn error(&self, reason: &'static str) {

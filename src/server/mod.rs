@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// With --cert-secret: lifetime of a serving certificate (renewed at two thirds).
     #[arg(long, env = "LB_L7_CERT_VALIDITY", default_value = "1year", value_parser = parse_validity)]
     pub cert_validity: Duration,
+
+    /// `--reconcile` and the reconciler's flags.
+    #[command(flatten)]
+    pub reconcile: crate::reconcile::ServeReconcileArgs,
 }
 
 /// `NAMESPACE/NAME`.
@@ -529,5 +533,11 @@ pub async fn shutdown_signal() {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig::from_args(&args)?;
     let server = Server::bind(config).await?;
+    let _reconciler = crate::reconcile::spawn_in_server(
+        &args.reconcile,
+        args.policy.as_deref(),
+        &server.metrics(),
+    )
+    .await?;
     server.serve(shutdown_signal()).await
 }
