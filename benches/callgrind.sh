@@ -90,7 +90,8 @@ callgrind_control -i off "$PID" >/dev/null
 callgrind_control -d "$PID" >/dev/null
 kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
 IR=$(cat "$OUT"* | sed -n 's/^totals: \([0-9]*\).*/\1/p' | awk '{s += $1} END {print s}')
-echo "| $SERVER ($(basename "$WEBHOOK_BIN")$( [[ $SERVER == webhook ]] && echo ", --log-format $FORMAT --log $LOG")) | instructions per review: $(awk -v i="$IR" -v n="$N" 'BEGIN {printf "%.0f", i / n}') |"
+if [[ $SERVER == webhook ]]; then LABEL="$(basename "$WEBHOOK_BIN"), --log-format $FORMAT --log $LOG"; else LABEL=$(basename "$BASELINE_BIN"); fi
+echo "| $SERVER ($LABEL) | instructions per review: $(awk -v i="$IR" -v n="$N" 'BEGIN {printf "%.0f", i / n}') |"
 
 # 2. System calls per review, natively.
 # shellcheck disable=SC2046
