@@ -2,8 +2,8 @@
 //! response value out, serialized as the server does), on a small Service (1 port, 2 annotations) and a large one
 //! (100 ports, 50 annotations).
 //!
-//! Also the load-test review (tests/data/reviews/bench-service.json) through `admission::review` and through the
-//! step-by-step path it falls back to.
+//! Also the load-test review (tests/data/reviews/bench-service.json) through `admission::review`, alone and with
+//! the answer encoded as the server does.
 //!
 //! Run: `cargo bench --bench evaluate` (numbers in BENCHMARKS.md).
 
@@ -130,17 +130,13 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-/// The load-test body (tests/data/reviews/bench-service.json): the one-pass path that `review` takes for a
-/// well-formed review, against the step-by-step path it falls back to (what every review took before).
+/// The load-test body (tests/data/reviews/bench-service.json) through the one decode path.
 fn load_test_body(c: &mut Criterion) {
     let policy = policy();
     let body = include_bytes!("../tests/data/reviews/bench-service.json");
     let mut group = c.benchmark_group(format!("bench-service.json ({} B)", body.len()));
-    group.bench_function("admission::review (one pass)", |b| {
+    group.bench_function("admission::review", |b| {
         b.iter(|| admission::review(&policy, black_box(body)))
-    });
-    group.bench_function("admission::review_step_by_step", |b| {
-        b.iter(|| admission::review_step_by_step(&policy, black_box(body)))
     });
     group.bench_function("admission::review + encode", |b| {
         b.iter(|| {

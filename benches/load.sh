@@ -2,12 +2,17 @@
 # Load harness: the webhook (`lb-l7-webhook serve`) and the baseline (benches/baseline_server.rs, a minimal
 # hyper + rustls server answering the same bytes without parsing) side by side, in one run, on this machine.
 #
-#   benches/load.sh                  # the full run whose tables BENCHMARKS.md shows (about 5 minutes)
+#   benches/load.sh                  # the full run whose tables BENCHMARKS.md shows (about 6 minutes)
 #   LOAD_DURATION=2 benches/load.sh  # a quick smoke run
+#   LOAD_CONCURRENCY="16 4x16" LOAD_H1_CONCURRENCY= LOAD_RATE_RUNS=paced benches/load.sh   # the issue-15 checks only
+#
+# Pinned, as the shipped Deployment is measured: both servers on CPU LOAD_SERVER_CPU (default 0), every load
+# generator on CPU LOAD_CLIENT_CPU (default 1), so the server CPU per review is not blurred by the client's. The
+# webhook logs as the Deployment does: `--log-format json --log info` (LOAD_WEBHOOK_LOG_FORMAT, LOAD_WEBHOOK_LOG).
 #
 # Needs h2load and wrk (Debian: apt-get install -y nghttp2-client wrk). Builds both servers in release mode,
 # generates certificates (serve's development CA), then drives each server over TLS on 127.0.0.1 with
-#   - HTTP/2: h2load, one thread; concurrency 1 = 1 connection x 1 stream, 16 = 4 x 4, 64 = 8 x 8;
+#   - HTTP/2: h2load, one thread; concurrency 1 = 1 connection x 1 stream, 16 = 4 x 4, 64 = 8 x 8, CxM = C x M;
 #   - HTTP/1.1 keep-alive: wrk, one thread, one request in flight per connection; concurrency = connections;
 #   - a fixed rate (LOAD_RATE, default 2000 reviews/s) over HTTP/2, 4 connections, two ways:
 #     * benches/rate.rs, open loop: a pacing thread releases one request every 1/LOAD_RATE s, whatever the answers
@@ -29,26 +34,41 @@ DURATION=${LOAD_DURATION:-10}
 WARMUP=${LOAD_WARMUP:-2}
 RATE=${LOAD_RATE:-2000}
 RATE_DURATION=${LOAD_RATE_DURATION:-20}
-CONCURRENCY=${LOAD_CONCURRENCY:-"1 16 64"}
+CONCURRENCY=${LOAD_CONCURRENCY:-"1 16 4x16 64"}
+H1_CONCURRENCY=${LOAD_H1_CONCURRENCY-"1 16 64"}
+# Which fixed-rate runs: "paced" (rate.rs), "bursty" (h2load --rps), both by default.
+RATE_RUNS=${LOAD_RATE_RUNS:-"paced bursty"}
+SERVER_CPU=${LOAD_SERVER_CPU:-0}
+CLIENT_CPU=${LOAD_CLIENT_CPU:-1}
+WEBHOOK_LOG_FORMAT=${LOAD_WEBHOOK_LOG_FORMAT:-json}
 REVIEW=${LOAD_REVIEW:-$ROOT/tests/data/reviews/bench-service.json}
 WEBHOOK_PORT=${LOAD_WEBHOOK_PORT:-18443}
 PROBE_PORT=${LOAD_PROBE_PORT:-18080}
 BASELINE_PORT=${LOAD_BASELINE_PORT:-19443}
 WEBHOOK_LOG=${LOAD_WEBHOOK_LOG:-info}
 
-for tool in h2load wrk curl; do
+for tool in h2load wrk curl taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh: $tool not found (apt-get install -y nghttp2-client wrk curl)" >&2; exit 2; }
 done
 
-echo "load.sh: building release binaries" >&2
-cargo build --release --bin lb-l7-webhook >&2
-WEBHOOK_BIN=$ROOT/target/release/lb-l7-webhook
-BASELINE_BIN=$(cargo bench --bench baseline_server --no-run 2>&1 | tee /dev/stderr | sed -n 's/.*Executable .*(\(.*baseline_server-[^)]*\)).*/\1/p' | tail -n1)
-[[ -x "$BASELINE_BIN" ]] || BASELINE_BIN=$ROOT/$BASELINE_BIN
+# LOAD_WEBHOOK_BIN / LOAD_BASELINE_BIN: run other builds (a before/after comparison) instead of building these.
+WEBHOOK_BIN=${LOAD_WEBHOOK_BIN:-}
+if [[ -z $WEBHOOK_BIN ]]; then
+    echo "load.sh: building release binaries" >&2
+    cargo build --release --bin lb-l7-webhook >&2
+    WEBHOOK_BIN=$ROOT/target/release/lb-l7-webhook
+fi
+BASELINE_BIN=${LOAD_BASELINE_BIN:-}
+if [[ -z $BASELINE_BIN ]]; then
+    BASELINE_BIN=$(cargo bench --bench baseline_server --no-run 2>&1 | tee /dev/stderr | sed -n 's/.*Executable .*(\(.*baseline_server-[^)]*\)).*/\1/p' | tail -n1)
+    [[ -x "$BASELINE_BIN" ]] || BASELINE_BIN=$ROOT/$BASELINE_BIN
+fi
 [[ -x "$BASELINE_BIN" ]] || { echo "load.sh: cannot find the baseline_server executable" >&2; exit 2; }
-RATE_BIN=$(cargo bench --bench rate --no-run 2>&1 | tee /dev/stderr | sed -n 's/.*Executable .*(\(.*rate-[^)]*\)).*/\1/p' | tail -n1)
-[[ -x "$RATE_BIN" ]] || RATE_BIN=$ROOT/$RATE_BIN
-[[ -x "$RATE_BIN" ]] || { echo "load.sh: cannot find the rate executable" >&2; exit 2; }
+if [[ $RATE_RUNS == *paced* ]]; then
+    RATE_BIN=$(cargo bench --bench rate --no-run 2>&1 | tee /dev/stderr | sed -n 's/.*Executable .*(\(.*rate-[^)]*\)).*/\1/p' | tail -n1)
+    [[ -x "$RATE_BIN" ]] || RATE_BIN=$ROOT/$RATE_BIN
+    [[ -x "$RATE_BIN" ]] || { echo "load.sh: cannot find the rate executable" >&2; exit 2; }
+fi
 
 WORK=$(mktemp -d)
 mkdir -p "$ROOT/target/load"
@@ -61,7 +81,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$WEBHOOK_BIN" --log "$WEBHOOK_LOG" serve --listen "127.0.0.1:$WEBHOOK_PORT" --probe-listen "127.0.0.1:$PROBE_PORT" \
+taskset -c "$SERVER_CPU" "$WEBHOOK_BIN" --log "$WEBHOOK_LOG" --log-format "$WEBHOOK_LOG_FORMAT" serve --listen "127.0.0.1:$WEBHOOK_PORT" --probe-listen "127.0.0.1:$PROBE_PORT" \
     --certs-dir "$WORK/certs" 2>"$WORK/webhook.log" &
 WEBHOOK_PID=$!
 PIDS+=("$WEBHOOK_PID")
@@ -70,7 +90,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 curl -fsS "http://127.0.0.1:$PROBE_PORT/readyz" >/dev/null || { cat "$WORK/webhook.log" >&2; exit 2; }
-"$BASELINE_BIN" --listen "127.0.0.1:$BASELINE_PORT" --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" \
+taskset -c "$SERVER_CPU" "$BASELINE_BIN" --listen "127.0.0.1:$BASELINE_PORT" --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key" \
     --review "$REVIEW" 2>"$WORK/baseline.log" &
 BASELINE_PID=$!
 PIDS+=("$BASELINE_PID")
@@ -136,7 +156,7 @@ run_h2() {
     log=$WORK/h2.log
     rm -f "$log"
     t0=$(cpu_ticks "$pid")
-    h2load -t 1 -c "$conns" -m "$streams" -D "$DURATION" --warm-up-time="${WARMUP}s" -d "$REVIEW" \
+    taskset -c "$CLIENT_CPU" h2load -t 1 -c "$conns" -m "$streams" -D "$DURATION" --warm-up-time="${WARMUP}s" -d "$REVIEW" \
         -H 'content-type: application/json' --log-file="$log" "$@" "https://127.0.0.1:$port/mutate" >"$out" 2>&1 || true
     t1=$(cpu_ticks "$pid")
     local rps ok failed p50 p99 p999 n cpu
@@ -159,9 +179,9 @@ run_h1() {
     pid=$(pid_of "$server")
     port=$(port_of "$server")
     out=$WORK/wrk.out
-    wrk -t 1 -c "$conns" -d "${WARMUP}s" -s "$WORK/post.lua" "https://127.0.0.1:$port/mutate" >/dev/null 2>&1 || true
+    taskset -c "$CLIENT_CPU" wrk -t 1 -c "$conns" -d "${WARMUP}s" -s "$WORK/post.lua" "https://127.0.0.1:$port/mutate" >/dev/null 2>&1 || true
     t0=$(cpu_ticks "$pid")
-    wrk -t 1 -c "$conns" -d "${DURATION}s" --timeout 5s -s "$WORK/post.lua" "https://127.0.0.1:$port/mutate" >"$out" 2>&1 || true
+    taskset -c "$CLIENT_CPU" wrk -t 1 -c "$conns" -d "${DURATION}s" --timeout 5s -s "$WORK/post.lua" "https://127.0.0.1:$port/mutate" >"$out" 2>&1 || true
     t1=$(cpu_ticks "$pid")
     local requests micros p50 p99 p999 errors status rps cpu
     read -r requests micros p50 p99 p999 errors status < <(sed -n 's/^RESULT //p' "$out")
@@ -180,7 +200,7 @@ run_rate() {
     pid=$(pid_of "$server")
     port=$(port_of "$server")
     t0=$(cpu_ticks "$pid")
-    read -r sent ok failed rps p50 p99 p999 max < <("$RATE_BIN" --connect "127.0.0.1:$port" --ca "$WORK/certs/ca.crt" \
+    read -r sent ok failed rps p50 p99 p999 max < <(taskset -c "$CLIENT_CPU" "$RATE_BIN" --connect "127.0.0.1:$port" --ca "$WORK/certs/ca.crt" \
         --review "$REVIEW" --rate "$RATE" --duration "$RATE_DURATION" --warmup "$WARMUP" --connections 4 | sed -n 's/^RESULT //p')
     t1=$(cpu_ticks "$pid")
     cpu=$(awk -v d=$((t1 - t0)) -v t="$TICK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.0f", d / t * 1e6 / (n * (1 + '"$WARMUP"' / '"$RATE_DURATION"')); else print "-" }')
@@ -196,17 +216,22 @@ for c in $CONCURRENCY; do
         1) conns=1 streams=1 ;;
         16) conns=4 streams=4 ;;
         64) conns=8 streams=8 ;;
+        *x*) conns=${c%x*} streams=${c#*x} ;;
         *) conns=$c streams=1 ;;
     esac
-    for s in baseline webhook; do run_h2 "$s" "$conns" "$streams" "h2 c=$c (${conns}x${streams})"; done
+    for s in baseline webhook; do run_h2 "$s" "$conns" "$streams" "h2 c=$((conns * streams)) (${conns}x${streams})"; done
 done
-for c in $CONCURRENCY; do
+for c in $H1_CONCURRENCY; do
     for s in baseline webhook; do run_h1 "$s" "$c" "h1 c=$c"; done
 done
-for s in baseline webhook; do run_rate "$s" "h2 fixed $RATE/s (rate.rs, paced)"; done
-for s in baseline webhook; do
-    DURATION=$RATE_DURATION run_h2 "$s" 4 8 "h2 fixed $RATE/s (h2load --rps, bursty)" --rps=$((RATE / 4))
-done
+if [[ $RATE_RUNS == *paced* ]]; then
+    for s in baseline webhook; do run_rate "$s" "h2 fixed $RATE/s (rate.rs, paced)"; done
+fi
+if [[ $RATE_RUNS == *bursty* ]]; then
+    for s in baseline webhook; do
+        DURATION=$RATE_DURATION run_h2 "$s" 4 8 "h2 fixed $RATE/s (h2load --rps, bursty)" --rps=$((RATE / 4))
+    done
+fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 sleep 5
 declare -A IDLE_END PEAK
@@ -222,7 +247,7 @@ done
     echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src benches 2>/dev/null || echo ' (with local changes)')"
     echo "- load average (1, 5, 15 min): $LOAD_START at the start, $LOAD_END at the end"
     echo "- review: $(basename "$REVIEW") ($(wc -c <"$REVIEW") bytes); answer: $(wc -c <"$WORK/webhook.json") bytes, identical from both servers"
-    echo "- each run: ${DURATION} s after ${WARMUP} s warm-up (fixed rate: ${RATE_DURATION} s); client and servers share the machine; webhook log level: $WEBHOOK_LOG"
+    echo "- each run: ${DURATION} s after ${WARMUP} s warm-up (fixed rate: ${RATE_DURATION} s); servers pinned to CPU $SERVER_CPU, load generators to CPU $CLIENT_CPU; webhook logs: --log-format $WEBHOOK_LOG_FORMAT --log $WEBHOOK_LOG"
     echo
     echo "| run | server | reviews/s | p50 ms | p99 ms | p99.9 ms | 2xx | failed | server CPU µs/review | peak RSS MiB |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"

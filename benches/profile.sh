@@ -2,8 +2,12 @@
 # Where the webhook's CPU goes under load: a sampling profile (perf) of the release `lb-l7-webhook serve` while
 # h2load sends the bench review over HTTP/2 (4 connections x 4 streams), summed by component.
 #
-#   benches/profile.sh                      # default log level (info)
+#   benches/profile.sh                      # as the Deployment logs: --log-format json --log info
 #   PROFILE_LOG=warn benches/profile.sh     # without the per-review log line
+#   PROFILE_BIN=/tmp/lb-l7-webhook-before benches/profile.sh   # another build (before/after)
+#
+# The server runs on CPU 0 and h2load on CPU 1 (as benches/load.sh). On a VM without hardware counters perf falls
+# back to the cpu-clock event; benches/callgrind.sh counts instructions instead, unaffected by the machine's load.
 #
 # Needs perf (Debian: linux-perf), h2load (nghttp2-client) and python3. The release binary has symbols but no
 # frame pointers, so the profile is flat (self time per function), grouped here by crate and purpose.
@@ -15,7 +19,11 @@ PROBE=${PROFILE_PROBE_PORT:-18180}
 for tool in perf h2load python3 curl; do
     command -v "$tool" >/dev/null || { echo "profile.sh: $tool not found" >&2; exit 2; }
 done
-cargo build --release --bin lb-l7-webhook >&2
+BIN=${PROFILE_BIN:-}
+if [[ -z $BIN ]]; then
+    cargo build --release --bin lb-l7-webhook >&2
+    BIN=$ROOT/target/release/lb-l7-webhook
+fi
 WORK=$(mktemp -d)
 SERVER=
 cleanup() {
@@ -24,14 +32,14 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-"$ROOT/target/release/lb-l7-webhook" --log "${PROFILE_LOG:-info}" serve --listen "127.0.0.1:$PORT" \
+taskset -c 0 "$BIN" --log "${PROFILE_LOG:-info}" --log-format "${PROFILE_LOG_FORMAT:-json}" serve --listen "127.0.0.1:$PORT" \
     --probe-listen "127.0.0.1:$PROBE" --certs-dir "$WORK/certs" 2>"$WORK/server.log" &
 SERVER=$!
 for _ in $(seq 100); do
     curl -fsS "http://127.0.0.1:$PROBE/readyz" >/dev/null 2>&1 && break
     sleep 0.1
 done
-h2load -t 1 -c 4 -m 4 -D 12 -d "$ROOT/tests/data/reviews/bench-service.json" -H 'content-type: application/json' \
+taskset -c 1 h2load -t 1 -c 4 -m 4 -D 12 -d "$ROOT/tests/data/reviews/bench-service.json" -H 'content-type: application/json' \
     "https://127.0.0.1:$PORT/mutate" >"$WORK/h2load.out" 2>&1 &
 LOAD=$!
 sleep 3

@@ -54,7 +54,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, &cli.log);
+    // Held to the end of main: dropping it writes out the log lines still queued.
+    let _log = telemetry::init(cli.log_format, &cli.log);
     // The one crypto provider of the whole process (ring): install it before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

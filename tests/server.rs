@@ -81,7 +81,13 @@ async fn dry_run_policy_answers_with_a_warning_and_no_patch() {
             .get("service.cilium.io/lb-l7")
             .is_none()
     );
-    assert!(review.response.warnings[0].contains("dry-run: would enable"));
+    // kubectl prints each warning as is: who said it, which Service, what.
+    assert!(
+        review.response.warnings[0]
+            .starts_with("lb-l7-webhook: apps/goappserver: dry-run: would enable"),
+        "{:?}",
+        review.response.warnings
+    );
     server.stop().await.unwrap();
 }
 
@@ -120,25 +126,24 @@ async fn http_errors_are_json_and_the_server_keeps_serving() {
             "{proto:?} still serving"
         );
     }
+    // Every error response is counted, by reason: 2 protocols x (2 bad requests, 2 unknown paths, 2 wrong
+    // methods, 1 oversized body).
     let text = String::from_utf8_lossy(&probe_get(server.probe, "/metrics").await.body).to_string();
-    assert!(
-        metric(
-            &text,
-            r#"lb_l7_webhook_request_errors_total{reason="bad_request"}"#
-        )
-        .unwrap_or(0.0)
-            >= 4.0,
-        "{text}"
-    );
-    assert!(
-        metric(
-            &text,
-            r#"lb_l7_webhook_request_errors_total{reason="body_too_large"}"#
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{text}"
-    );
+    for (reason, count) in [
+        ("bad_request", 4.0),
+        ("not_found", 4.0),
+        ("method_not_allowed", 4.0),
+        ("body_too_large", 2.0),
+    ] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("lb_l7_webhook_request_errors_total{{reason=\"{reason}\"}}")
+            ),
+            Some(count),
+            "{reason}: {text}"
+        );
+    }
     server.stop().await.unwrap();
 }
 
@@ -158,6 +163,15 @@ async fn probes_answer_on_the_plain_port() {
         metric(&text, "lb_l7_webhook_tls_certificate_not_after_seconds").unwrap_or(0.0) > 1.7e9
     );
     assert_eq!(probe_get(server.probe, "/nope").await.status, 404);
+    let text = String::from_utf8_lossy(&probe_get(server.probe, "/metrics").await.body).to_string();
+    assert_eq!(
+        metric(
+            &text,
+            r#"lb_l7_webhook_request_errors_total{reason="not_found"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
     server.stop().await.unwrap();
 }
 

@@ -81,14 +81,16 @@ pub fn probe_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
+async fn not_found(State(state): State<Arc<AppState>>) -> ApiError {
+    state.metrics.error("not_found");
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not found: the webhook answers POST /mutate",
     )
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(State(state): State<Arc<AppState>>) -> ApiError {
+    state.metrics.error("method_not_allowed");
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed: use POST",
@@ -106,6 +108,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else if state.ready.load(Ordering::Relaxed) {
         "ok\n".into_response()
     } else {
+        state.metrics.error("not_ready");
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     }
 }
@@ -161,15 +164,13 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
 async fn mutate(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(&state, body).await?;
     let started = Instant::now();
-    // Nothing below awaits: the review is answered synchronously, and its log line is written inside a `review`
-    // span created once with every field (recording fields into a span one by one costs a re-format each).
+    // Nothing below awaits: the review is answered synchronously, and logged as one line carrying every field of
+    // the review (no span: a span's fields would be formatted once more for each line).
     let reviewed = match admission::review(&state.policy, &bytes) {
         Ok(r) => r,
         Err(e) => {
             state.metrics.error("bad_request");
-            tracing::info_span!("review").in_scope(
-                || tracing::warn!(error = %e, "rejected a body that is not an AdmissionReview"),
-            );
+            tracing::warn!(error = %e, "rejected a body that is not an AdmissionReview");
             return Err(ApiError::new(StatusCode::BAD_REQUEST, e.0));
         }
     };
@@ -178,23 +179,29 @@ async fn mutate(State(state): State<Arc<AppState>>, body: Body) -> Result<Respon
         .as_ref()
         .map(|d| d.kind.as_str())
         .unwrap_or("none");
-    let span = tracing::info_span!(
-        "review",
-        uid = reviewed.uid.as_str(),
-        namespace = reviewed.namespace.as_str(),
-        name = reviewed.name.as_str(),
-        operation = reviewed.operation.as_str(),
-        decision,
-        patched = reviewed.patched(),
+    // One buffer, sized for the usual answer, so the encoder does not grow it step by step.
+    let mut body = Vec::with_capacity(
+        256 + reviewed
+            .response
+            .response
+            .patch
+            .as_ref()
+            .map_or(0, String::len)
+            + reviewed
+                .response
+                .response
+                .warnings
+                .iter()
+                .map(|w| w.len() + 4)
+                .sum::<usize>(),
     );
-    let _entered = span.enter();
-    let body = serde_json::to_vec(&reviewed.response).map_err(|e| {
+    if let Err(e) = serde_json::to_writer(&mut body, &reviewed.response) {
         state.metrics.error("encode");
-        ApiError::new(
+        return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("response could not be encoded: {e}"),
-        )
-    })?;
+        ));
+    }
     state
         .metrics
         .reviews
@@ -212,26 +219,29 @@ async fn mutate(State(state): State<Arc<AppState>>, body: Body) -> Result<Respon
         .as_ref()
         .map(|d| d.reason.as_str())
         .unwrap_or("");
-    match reviewed.outcome {
-        Outcome::Patched | Outcome::DryRun => {
-            tracing::info!(
+    // The audit line: the same fields at every level.
+    macro_rules! audit {
+        ($level:ident, $($rest:tt)*) => {
+            tracing::$level!(
+                uid = reviewed.uid.as_str(),
+                namespace = reviewed.namespace.as_str(),
+                name = reviewed.name.as_str(),
+                operation = reviewed.operation.as_str(),
+                decision,
+                patched = reviewed.patched(),
                 outcome = reviewed.outcome.as_str(),
-                reason,
-                "review answered"
+                $($rest)*
             )
-        }
-        Outcome::Skipped | Outcome::Undecodable => tracing::warn!(
-            outcome = reviewed.outcome.as_str(),
+        };
+    }
+    match reviewed.outcome {
+        Outcome::Patched | Outcome::DryRun => audit!(info, reason, "review answered"),
+        Outcome::Skipped | Outcome::Undecodable => audit!(
+            warn,
             warnings = ?reviewed.response.response.warnings,
             "allowed unchanged (fail open)"
         ),
-        Outcome::Unchanged => {
-            tracing::debug!(
-                outcome = reviewed.outcome.as_str(),
-                reason,
-                "review answered"
-            )
-        }
+        Outcome::Unchanged => audit!(debug, reason, "review answered"),
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

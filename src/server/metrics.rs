@@ -20,7 +20,9 @@ pub struct ReviewLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// bad_request | body_too_large | body_read | body_timeout
+    /// Every HTTP error the webhook answers: bad_request | body_read (400), not_found (404),
+    /// method_not_allowed (405), body_timeout (408), body_too_large (413), encode (500), not_ready (503, /readyz
+    /// during shutdown).
     pub reason: &'static str,
 }
 
@@ -93,7 +95,7 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "request_errors",
-            "Requests to /mutate answered with an HTTP error instead of a review",
+            "Requests answered with an HTTP error status (on either port), by reason",
             errors.clone(),
         );
         // 25 µs .. ~0.8 s: the handler takes microseconds; the tail shows trouble.
