@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the HTTPS mutating admission webhook.
-    Serve(lb_l7_webhook::server::ServeArgs),
+    Serve(Box<lb_l7_webhook::server::ServeArgs>),
     /// Print the MutatingWebhookConfiguration for a policy (the same file `serve --policy` reads).
     Manifests(lb_l7_webhook::manifests::ManifestsArgs),
     /// Dry-run report: what the policy would do to each Service, from manifests (files, directories, `-`) or
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<ExitCode> = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => lb_l7_webhook::server::run(args)
+            Command::Serve(args) => lb_l7_webhook::server::run(*args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Manifests(args) => lb_l7_webhook::manifests::run(args).await,
