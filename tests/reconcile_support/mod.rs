@@ -63,6 +63,8 @@ struct State {
     requests: usize,
     /// Clients cut off: their requests are never answered (a crashed replica).
     dead: Vec<usize>,
+    /// Resources every request on which is answered 403 Forbidden (RBAC that does not allow them).
+    forbidden: Vec<&'static str>,
 }
 
 /// The shared state; clone freely.
@@ -195,6 +197,16 @@ impl FakeApi {
         });
     }
 
+    /// Every Service, as stored.
+    pub fn services(&self) -> Vec<Value> {
+        self.with(|s| s.services.values().cloned().collect())
+    }
+
+    /// Answers every request on `resource` (e.g. "namespaces") with 403 Forbidden from now on.
+    pub fn forbid(&self, resource: &'static str) {
+        self.with(|s| s.forbidden.push(resource));
+    }
+
     /// Adds or replaces a Service with gRPC ports, with these annotations (or none) and labels.
     pub fn put_service(
         &self,
@@ -270,6 +282,22 @@ impl FakeApi {
         }
         let mut s = self.state.lock().expect("state");
         s.requests += 1;
+        let rest: &[&str] = match segments.as_slice() {
+            ["api", _, rest @ ..] | ["apis", _, _, rest @ ..] => rest,
+            _ => &[],
+        };
+        let requested = match rest {
+            ["namespaces", _, resource, ..] => *resource,
+            [resource, ..] => *resource,
+            [] => "",
+        };
+        if let Some(resource) = s.forbidden.iter().find(|r| **r == requested) {
+            let message = format!(
+                "{resource} is forbidden: User \"test\" cannot {method} resource \"{resource}\""
+            );
+            respond(send, 403, json_body(&status(403, "Forbidden", &message)));
+            return;
+        }
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["api", "v1", resource @ ("namespaces" | "services")]) => {
                 let resource: &'static str = if *resource == "namespaces" {
