@@ -272,17 +272,7 @@ fn client(fake: Fake) -> (kube::Client, Log) {
 }
 
 fn options() -> DiagnoseOptions {
-    DiagnoseOptions {
-        webhook_name: "lb-l7-webhook".into(),
-        webhook_namespace: "lb-l7-system".into(),
-        policy_configmap: None,
-        policy_file: None,
-        probe: false,
-        probe_namespace: None,
-        namespace: None,
-        page_size: 500,
-        now: NOW,
-    }
+    DiagnoseOptions::at(NOW)
 }
 
 /// Runs the doctor over the fake, bounded in time.

@@ -112,17 +112,7 @@ async fn backfill_names(api: &FakeApi, policy: &Policy) -> BTreeSet<String> {
 
 /// `doctor`: the Services its "selected Services annotated" check names as selected and not annotated.
 async fn doctor_names(api: &FakeApi) -> BTreeSet<String> {
-    let opts = doctor::DiagnoseOptions {
-        webhook_name: "lb-l7-webhook".into(),
-        webhook_namespace: "lb-l7-system".into(),
-        policy_configmap: None,
-        policy_file: None,
-        probe: false,
-        probe_namespace: None,
-        namespace: None,
-        page_size: 500,
-        now: 1_893_456_000,
-    };
+    let opts = doctor::DiagnoseOptions::at(1_893_456_000);
     let report = doctor::examine(&api.client(3), &opts)
         .await
         .expect("doctor runs");

@@ -256,6 +256,24 @@ pub struct DiagnoseOptions {
     pub now: i64,
 }
 
+impl DiagnoseOptions {
+    /// The shipped names (webhook `lb-l7-webhook` in `lb-l7-system`), every namespace, no probe, no policy file,
+    /// default page size, at `now` (Unix seconds).
+    pub fn at(now: i64) -> Self {
+        DiagnoseOptions {
+            webhook_name: crate::doctor::DEFAULT_WEBHOOK_NAME.to_string(),
+            webhook_namespace: lb_l7_core::policy::WEBHOOK_NAMESPACE.to_string(),
+            policy_configmap: None,
+            policy_file: None,
+            probe: false,
+            probe_namespace: None,
+            namespace: None,
+            page_size: crate::cluster::DEFAULT_PAGE_SIZE,
+            now,
+        }
+    }
+}
+
 /// The webhook configuration the policy renders (the drift check's reference); `None` skips the drift check.
 pub type Renderer<'a> = &'a dyn Fn(&Policy) -> Option<MutatingWebhookConfiguration>;
 

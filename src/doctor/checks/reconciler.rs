@@ -196,17 +196,7 @@ mod tests {
     }
 
     fn opts() -> DiagnoseOptions {
-        DiagnoseOptions {
-            webhook_name: "lb-l7-webhook".into(),
-            webhook_namespace: "lb-l7-system".into(),
-            policy_configmap: None,
-            policy_file: None,
-            probe: false,
-            probe_namespace: None,
-            namespace: None,
-            page_size: 500,
-            now: NOW,
-        }
+        DiagnoseOptions::at(NOW)
     }
 
     #[test]
