@@ -30,6 +30,8 @@ pub enum CertError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("{0}")]
+    Flag(String),
 }
 
 /// A certificate and its private key, both PEM.
@@ -256,14 +258,31 @@ pub fn service_dns_names(name: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
+impl CertsArgs {
+    /// `--service` as (namespace, name): `NAMESPACE/NAME`, or a bare NAME in `--namespace`.
+    pub fn service_ref(&self) -> Result<(String, String), CertError> {
+        if self.service.contains('/') {
+            lb_l7_core::render::parse_namespaced(&self.service).map_err(CertError::Flag)
+        } else {
+            Ok((self.namespace.clone(), self.service.clone()))
+        }
+    }
+}
+
 /// `certs`' flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CertsArgs {
-    /// Name of the webhook's Service (the certificate is for NAME.NAMESPACE.svc and friends).
-    #[arg(long, env = "LB_L7_CERTS_SERVICE", default_value = "lb-l7-webhook")]
+    /// The webhook's Service, NAMESPACE/NAME as every other command names objects (the certificate is for
+    /// NAME.NAMESPACE.svc and friends). A bare NAME still works, with its namespace from --namespace.
+    #[arg(
+        long,
+        env = "LB_L7_CERTS_SERVICE",
+        value_name = "NAMESPACE/NAME",
+        default_value = "lb-l7-webhook"
+    )]
     pub service: String,
 
-    /// Namespace of the webhook's Service.
+    /// Namespace of the webhook's Service when --service is a bare NAME (the older form).
     #[arg(long, env = "LB_L7_CERTS_NAMESPACE", default_value = lb_l7_core::policy::WEBHOOK_NAMESPACE)]
     pub namespace: String,
 
@@ -353,6 +372,7 @@ pub fn check_pair(cert_pem: &str, key_pem: &str, cert_path: &Path) -> Result<(),
 /// The certificate files for a webhook Service: reuses the CA in `args.out_dir` unless `args.new_ca` (or there is
 /// none), and always issues a new serving certificate.
 pub fn generate(args: &CertsArgs) -> Result<CertsOutcome, CertError> {
+    let (namespace, service) = args.service_ref()?;
     let paths = CertPaths::in_dir(&args.out_dir);
     let existing = if args.new_ca { None } else { read_ca(&paths)? };
     let (ca, new_ca) = match existing {
@@ -362,7 +382,7 @@ pub fn generate(args: &CertsArgs) -> Result<CertsOutcome, CertError> {
         }
         None => {
             let ca = generate_ca(
-                &format!("lb-l7-webhook CA ({}.{})", args.service, args.namespace),
+                &format!("lb-l7-webhook CA ({service}.{namespace})"),
                 args.ca_days,
             )?;
             write_atomic(&paths.ca_key, &ca.key_pem, true)?;
@@ -370,7 +390,7 @@ pub fn generate(args: &CertsArgs) -> Result<CertsOutcome, CertError> {
             (ca, true)
         }
     };
-    let mut sans = service_dns_names(&args.service, &args.namespace);
+    let mut sans = service_dns_names(&service, &namespace);
     for san in &args.sans {
         let san = san.trim();
         if !san.is_empty() && !sans.iter().any(|s| s == san) {
@@ -435,19 +455,15 @@ pub fn tls_secret(
 pub async fn run(args: CertsArgs) -> anyhow::Result<std::process::ExitCode> {
     use anyhow::Context as _;
     let outcome = generate(&args)?;
+    let (namespace, _) = args.service_ref()?;
     if let Some(path) = &args.secret_manifest {
-        let secret = tls_secret(
-            &args.secret_name,
-            &args.namespace,
-            &outcome.serving,
-            &outcome.ca,
-        );
+        let secret = tls_secret(&args.secret_name, &namespace, &outcome.serving, &outcome.ca);
         let yaml = serde_saphyr::to_string(&secret).context("serializing the Secret manifest")?;
         write_file(path, &yaml, true)?;
         eprintln!(
             "wrote {} (Secret {}/{}, type kubernetes.io/tls; it holds the private key)",
             path.display(),
-            args.namespace,
+            namespace,
             args.secret_name
         );
     }

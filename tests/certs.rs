@@ -133,6 +133,20 @@ fn serving_certificate_names_the_service_and_extra_sans() {
     assert_eq!(ips, vec!["127.0.0.1".to_string()]);
 }
 
+#[test]
+fn the_service_is_named_namespace_slash_name_like_everywhere_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(dir.path());
+    a.service = "shop/hooks".into();
+    a.namespace = "ignored-when-the-service-names-one".into();
+    generate(&a).unwrap();
+    let (dns, _) = sans(&read(&dir.path().join("tls.crt")));
+    assert!(dns.contains(&"hooks.shop.svc".to_string()), "{dns:?}");
+    a.service = "shop/".into();
+    let err = generate(&a).expect_err("not NAMESPACE/NAME");
+    assert!(err.to_string().contains("NAMESPACE/NAME"), "{err}");
+}
+
 #[cfg(unix)]
 #[test]
 fn private_keys_and_the_secret_manifest_are_mode_0600() {

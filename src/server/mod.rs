@@ -79,7 +79,7 @@ pub struct ServeArgs {
     /// or filled in when it exists without them), serve them from memory, and keep the caBundle of every webhook
     /// of --webhook-configuration equal to the CA(s). Needs the kubeconfig or the in-cluster config.
     #[arg(long, env = "LB_L7_CERT_SECRET", value_name = "NAMESPACE/NAME", requires = "webhook_configuration",
-          conflicts_with_all = ["tls_cert", "tls_key"], value_parser = parse_object_ref)]
+          conflicts_with_all = ["tls_cert", "tls_key"], value_parser = lb_l7_core::render::parse_namespaced)]
     pub cert_secret: Option<(String, String)>,
 
     /// With --cert-secret: the MutatingWebhookConfiguration whose caBundle serve keeps.
@@ -88,7 +88,7 @@ pub struct ServeArgs {
 
     /// With --cert-secret: the webhook's Service (NAMESPACE/NAME); the certificate is for NAME, NAME.NAMESPACE,
     /// NAME.NAMESPACE.svc and NAME.NAMESPACE.svc.cluster.local. Default: lb-l7-webhook in the Secret's namespace.
-    #[arg(long, env = "LB_L7_SERVICE", value_name = "NAMESPACE/NAME", value_parser = parse_object_ref)]
+    #[arg(long, env = "LB_L7_SERVICE", value_name = "NAMESPACE/NAME", value_parser = lb_l7_core::render::parse_namespaced)]
     pub service: Option<(String, String)>,
 
     /// With --cert-secret: one more DNS name or IP address for the serving certificate (repeat for more).
@@ -111,16 +111,6 @@ pub struct ServeArgs {
     /// `--reconcile` and the reconciler's flags.
     #[command(flatten)]
     pub reconcile: crate::reconcile::ServeReconcileArgs,
-}
-
-/// `NAMESPACE/NAME`.
-fn parse_object_ref(s: &str) -> Result<(String, String), String> {
-    match s.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((ns.to_string(), name.to_string()))
-        }
-        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
-    }
 }
 
 /// A humantime duration of at least one minute.

@@ -74,7 +74,7 @@ pub fn check_ca_bundle(mwc: &MutatingWebhookConfiguration, now: i64) -> Check {
         None => (
             format!("set it from the CA that signed the webhook's certificate: {patch}"),
             format!(
-                "lb-l7-webhook certs --service lb-l7-webhook --namespace lb-l7-system --new-ca --secret-manifest certs/secret.yaml, kubectl apply -f certs/secret.yaml, then {patch}"
+                "lb-l7-webhook certs --service lb-l7-system/lb-l7-webhook --new-ca --secret-manifest certs/secret.yaml, kubectl apply -f certs/secret.yaml, then {patch}"
             ),
         ),
     };
