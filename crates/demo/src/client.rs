@@ -6,20 +6,19 @@
 //! For tests without Cilium, `--target` also takes a comma-separated list: the client then balances over the
 //! targets itself (one connection each), which stands in for an L7 balancer.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use super::pb::NewUser;
 use super::pb::goapp_client::GoappClient;
-use super::report::{self, Output, Report};
+use super::report::{self, Output, Report, RunSettings};
+pub use super::stats::{EXIT_NO_DATA, EXIT_OK, EXIT_UNMET, Stats, UNKNOWN_BACKEND};
 use super::verdict::{DEFAULT_TOLERANCE, Expectation, Verdict};
 
 /// Calls sent when neither `--requests` nor `--duration` is given.
@@ -130,6 +129,15 @@ fn parse_tolerance(text: &str) -> Result<f64, String> {
 }
 
 impl ClientArgs {
+    /// The settings the report judges the run with.
+    pub fn run_settings(&self) -> RunSettings {
+        RunSettings {
+            tolerance: self.tolerance,
+            concurrency: self.concurrency,
+            rate: self.rate,
+        }
+    }
+
     /// The expectation given by `--expect` and `--expect-backends`.
     pub fn expectation(&self) -> Expectation {
         Expectation {
@@ -183,70 +191,6 @@ pub enum ClientError {
     Histogram(#[from] hdrhistogram::CreationError),
 }
 
-/// Live counters shared by the workers, the live view and the summary.
-#[derive(Debug, Clone)]
-pub struct Stats {
-    template: Histogram<u64>,
-    /// Latency histogram (µs) of each backend's successful calls; its length is the backend's call count.
-    pub backends: BTreeMap<String, Histogram<u64>>,
-    /// Failed calls by kind (gRPC status code, or `DeadlineExceeded` for the call timeout): count and one message.
-    pub failures: BTreeMap<String, (u64, String)>,
-    pub ok: u64,
-    pub failed: u64,
-}
-
-/// Name used for answers from a server that does not fill in `backend` (an older demo server).
-pub const UNKNOWN_BACKEND: &str = "(unknown)";
-
-impl Stats {
-    pub fn new() -> Result<Self, ClientError> {
-        Ok(Self {
-            // 1µs .. 1h, 3 significant figures.
-            template: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
-            backends: BTreeMap::new(),
-            failures: BTreeMap::new(),
-            ok: 0,
-            failed: 0,
-        })
-    }
-
-    pub fn record_ok(&mut self, backend: &str, latency: Duration) {
-        let backend = if backend.is_empty() {
-            UNKNOWN_BACKEND
-        } else {
-            backend
-        };
-        let micros = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        if let Some(h) = self.backends.get_mut(backend) {
-            h.saturating_record(micros);
-        } else {
-            let mut h = self.template.clone();
-            h.saturating_record(micros);
-            self.backends.insert(backend.to_string(), h);
-        }
-        self.ok += 1;
-    }
-
-    pub fn record_failure(&mut self, kind: &str, message: &str) {
-        let entry = self
-            .failures
-            .entry(kind.to_string())
-            .or_insert_with(|| (0, message.to_string()));
-        entry.0 += 1;
-        self.failed += 1;
-    }
-
-    /// Successful calls per backend, in name order.
-    pub fn calls(&self) -> Vec<(String, u64)> {
-        self.backends
-            .iter()
-            .map(|(name, h)| (name.clone(), h.len()))
-            .collect()
-    }
-}
-
 fn lock(stats: &Mutex<Stats>) -> MutexGuard<'_, Stats> {
     // A worker that panicked while holding the lock cannot leave the counters half-written in a way that matters
     // here: keep counting.
@@ -261,13 +205,6 @@ pub struct Outcome {
     pub report: Report,
     pub exit_code: u8,
 }
-
-/// Exit status when the run finished and met its expectation.
-pub const EXIT_OK: u8 = 0;
-/// Exit status when the run finished but did not meet `--expect` / `--expect-backends`.
-pub const EXIT_UNMET: u8 = 1;
-/// Exit status when there was nothing to judge (unreachable, invalid target, every call failed).
-pub const EXIT_NO_DATA: u8 = 3;
 
 /// Builds the one channel: one connection to one target, eagerly connected so an unreachable target fails fast;
 /// or, for a list, a client-side balanced channel (lazy, one connection per target).
@@ -482,7 +419,7 @@ pub async fn run(
 
     let stats = lock(&stats).clone();
     let report = Report::new(
-        args,
+        args.run_settings(),
         targets,
         &stats,
         elapsed,

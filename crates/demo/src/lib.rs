@@ -12,6 +12,7 @@ pub mod client;
 pub mod duration;
 pub mod report;
 pub mod server;
+pub mod stats;
 pub mod verdict;
 
 /// The code generated from `protos/apps.proto` (package `protos`).

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
 
-use super::client::{ClientArgs, EXIT_NO_DATA, EXIT_OK, EXIT_UNMET, Stats};
 use super::duration::human;
+use super::stats::{EXIT_NO_DATA, EXIT_OK, EXIT_UNMET, Stats};
 use super::verdict::{Expectation, Judgement, Verdict, check, judge};
 
 /// Summary format.
@@ -71,9 +71,18 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
+/// What the report needs of the run's settings (the client's flags).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSettings {
+    /// `--tolerance`: how far from an even share still counts as balanced.
+    pub tolerance: f64,
+    pub concurrency: u32,
+    pub rate: Option<f64>,
+}
+
 impl Report {
     pub fn new(
-        args: &ClientArgs,
+        args: RunSettings,
         targets: Vec<String>,
         stats: &Stats,
         elapsed: Duration,
@@ -370,13 +379,15 @@ mod tests {
         s
     }
 
+    use crate::client::ClientArgs;
+
     fn report(calls: &[(&str, u64)], failed: u64, flags: &[&str]) -> Report {
         let mut argv = vec!["demo-client"];
         argv.extend_from_slice(flags);
         let args = ClientArgs::parse_from(argv);
         let targets = args.targets().unwrap_or_default();
         Report::new(
-            &args,
+            args.run_settings(),
             targets,
             &stats(calls, failed),
             Duration::from_secs(1),
