@@ -93,21 +93,6 @@ pub fn lookup<T>(what: &str, result: Result<T, kube::Error>) -> Result<Lookup<T>
     }
 }
 
-/// Like [`lookup`], for a read the command cannot do without: anything but success is an error.
-pub fn required<T>(what: &str, result: Result<T, kube::Error>) -> Result<T, ClusterError> {
-    match lookup(what, result)? {
-        Lookup::Found(v) => Ok(v),
-        Lookup::Missing => Err(ClusterError::Refused {
-            what: what.to_string(),
-            message: "not found (HTTP 404)".to_string(),
-        }),
-        Lookup::Unreadable(message) => Err(ClusterError::Refused {
-            what: what.to_string(),
-            message,
-        }),
-    }
-}
-
 /// Calls `list` page by page (`limit` = `page_size`, following `continue` tokens) until the last page.
 pub async fn paged<T, F, Fut>(
     base: ListParams,

@@ -76,22 +76,6 @@ impl<'a> NamespaceContext<'a> {
         }
     }
 
-    /// From an optional map of namespace labels: `Known` when the namespace is in it, `Unknown(absent)` when the
-    /// map lacks it, `Unknown(Unreadable)` when there is no map at all.
-    pub fn lookup(
-        name: &'a str,
-        namespaces: Option<&'a std::collections::HashMap<String, BTreeMap<String, String>>>,
-        absent: Unknown,
-    ) -> Self {
-        match namespaces {
-            None => Self::unknown(name, Unknown::Unreadable),
-            Some(map) => match map.get(name) {
-                Some(labels) => Self::known(name, labels),
-                None => Self::unknown(name, absent),
-            },
-        }
-    }
-
     /// The labels evaluation applies the scope to: `None` when the API server already did.
     pub(crate) fn labels_for_scope(&self) -> Option<&'a BTreeMap<String, String>> {
         static EMPTY: BTreeMap<String, String> = BTreeMap::new();
