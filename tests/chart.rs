@@ -8,6 +8,10 @@
 //! there), `PATH`. Without it each test prints one `skipped:` line and passes, except under CI (`CI` set), where
 //! it fails. No cluster, no network: `helm lint` and `helm template` work offline.
 
+#[path = "typed_support/mod.rs"]
+mod typed_support;
+use typed_support::typed;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,7 +23,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Secret, Service, ServiceAcc
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 const RELEASE: &str = "lb-l7-webhook";
@@ -121,19 +124,6 @@ fn render(helm: &Path, case: &str, values: &Value) -> Rendered {
     let text = template(helm, values)
         .unwrap_or_else(|e| panic!("{case}: helm template failed:\n{e}\nvalues: {values:#}"));
     Rendered::parse(case, &text)
-}
-
-/// Deserializes into `T` and serializes back: a field that `T` does not know (a typo, a field at the wrong
-/// level) would be dropped on the way and make the two differ.
-fn typed<T: DeserializeOwned + serde::Serialize>(doc: &Value, what: &str) -> T {
-    let t: T = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{what} does not deserialize: {e}\n{doc:#}"));
-    let back = serde_json::to_value(&t).expect("serializes");
-    assert_eq!(
-        &back, doc,
-        "{what}: fields were lost in a round trip through its type"
-    );
-    t
 }
 
 /// Every object of one render, typed.

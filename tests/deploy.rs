@@ -5,6 +5,10 @@
 //!
 //! Needs `kubectl` (it embeds kustomize and works offline); without it each test prints a skip line and passes.
 
+#[path = "typed_support/mod.rs"]
+mod typed_support;
+use typed_support::typed;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +25,6 @@ use kube::api::DynamicObject;
 use lb_l7_core::policy::Policy;
 use lb_l7_core::render::{CaSource, RenderOptions, render_webhook_configuration};
 use lb_l7_webhook::server::ServeArgs;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 const OVERLAYS: [&str; 4] = [
@@ -66,19 +69,6 @@ struct Rendered {
     webhooks: Vec<MutatingWebhookConfiguration>,
     /// cert-manager's Issuers and Certificates (no k8s-openapi type: CRDs).
     cert_manager: Vec<DynamicObject>,
-}
-
-/// Deserializes into `T` and serializes back: a field that `T` does not know (a typo, a field at the wrong
-/// level) would be dropped on the way and make the two differ.
-fn typed<T: DeserializeOwned + serde::Serialize>(doc: &Value, what: &str) -> T {
-    let t: T = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{what} does not deserialize: {e}\n{doc:#}"));
-    let back = serde_json::to_value(&t).expect("serializes");
-    assert_eq!(
-        &back, doc,
-        "{what}: fields were lost in a round trip through its type"
-    );
-    t
 }
 
 fn parse(overlay: &str, text: &str) -> Rendered {
