@@ -46,6 +46,7 @@ sleep 3
 perf record -F 2999 -p "$SERVER" -o "$WORK/perf.data" -- sleep 6 >/dev/null 2>&1
 wait "$LOAD" || true
 perf report -i "$WORK/perf.data" --no-children --sort dso,symbol 2>/dev/null | grep '%' >"$WORK/flat.txt"
+cp "$WORK/flat.txt" "${PROFILE_FLAT_OUT:-/dev/null}"
 echo "h2load: $(grep '^finished' "$WORK/h2load.out")"
 python3 - "$WORK/flat.txt" <<'PY'
 import collections, re, sys
