@@ -1,6 +1,6 @@
-//! Bytes in, AdmissionReview out: `admission::review` must never panic, must reject a body that is not UTF-8, and
-//! every answer it gives must be encodable, allow the write, echo a non-empty uid, name the object in every
-//! warning it can, and carry a patch that decodes.
+//! Bytes in, AdmissionReview out: `admission::review` must never panic, must reject a body that is not UTF-8,
+//! must answer as the careful read alone (`review_captured`) does, and every answer it gives must be encodable,
+//! allow the write, echo a non-empty uid, name the object in every warning it can, and carry a patch that decodes.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -24,7 +24,16 @@ static POLICIES: LazyLock<Vec<CompiledPolicy>> = LazyLock::new(|| {
 
 fuzz_target!(|data: &[u8]| {
     for policy in POLICIES.iter() {
-        let Ok(r) = admission::review(policy, data) else {
+        let answered = admission::review(policy, data);
+        // The one-pass read and the careful read answer alike.
+        if let Ok(text) = std::str::from_utf8(data) {
+            assert_eq!(
+                format!("{answered:?}"),
+                format!("{:?}", admission::review_captured(policy, text)),
+                "the one-pass read and the careful read differ"
+            );
+        }
+        let Ok(r) = answered else {
             continue;
         };
         assert!(

@@ -5,13 +5,17 @@
 //! - `response.patch` must be a base64 string, as the API server's own types write `[]byte`; kube-core writes an
 //!   array of numbers (kube-rs issue 1781).
 //!
-//! One decode path, one pass over the body: the whole body is checked to be UTF-8, then the envelope is read with
-//! the request's fields captured as raw JSON text (borrowed from the body, no copy) and its unknown fields skipped.
-//! Each captured field is then decoded on its own, so a field of the wrong type makes the review `undecodable`
-//! (allowed unchanged, uid echoed, a warning saying which field) instead of a 400. The object is read into only
-//! what the policy and the pitfalls look at (metadata name, generateName, namespace, labels, annotations; spec
-//! type, clusterIP, ports, sessionAffinity): `managedFields`, `status` and every other field are skipped without
-//! building values.
+//! One decoder per field, and one pass over the body for a well-formed review: the whole body is checked to be
+//! UTF-8, then the envelope is read with the request's fields (the object included) decoded in place. The object
+//! is read into only what the policy and the pitfalls look at (metadata name, generateName, namespace, labels,
+//! annotations; spec type, clusterIP, ports, sessionAffinity): `managedFields`, `status` and every other field are
+//! skipped without building values.
+//!
+//! When that pass fails (a field of the wrong type, a field given twice, an object that is not a Service), the body
+//! is read once more with the request's fields captured as raw JSON text (borrowed from the body, no copy), and
+//! each is decoded on its own with the same decoders, so that a wrong type in one makes the review `undecodable`
+//! (allowed unchanged, uid echoed, a warning saying which field) instead of a 400. Both reads end in the same
+//! [`answer`]; a test checks that they answer alike on every review of the corpus.
 //!
 //! The webhook never blocks a write: every response with a uid says `allowed: true`.
 
@@ -229,6 +233,75 @@ impl<'de: 'a, 'a> Deserialize<'de> for RequestIn<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvelopeTyped<'a> {
+    #[serde(default, borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    request: Option<RequestTyped<'a>>,
+}
+
+/// The request's fields the webhook reads, decoded in the envelope's pass. Any field given twice fails the pass,
+/// so that the careful read ([`RequestIn`]) names it.
+#[derive(Default)]
+struct RequestTyped<'a> {
+    uid: Option<Cow<'a, str>>,
+    kind: Option<Gvk<'a>>,
+    sub_resource: Option<Cow<'a, str>>,
+    name: Option<Cow<'a, str>>,
+    namespace: Option<Cow<'a, str>>,
+    operation: Option<Cow<'a, str>>,
+    object: Option<ServiceIn>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RequestTyped<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        /// Decodes a field once: a second occurrence is an error.
+        fn once<'de, M: MapAccess<'de>, T: Deserialize<'de>>(
+            map: &mut M,
+            seen: &mut bool,
+            name: &'static str,
+        ) -> Result<Option<T>, M::Error> {
+            if std::mem::replace(seen, true) {
+                return Err(de::Error::duplicate_field(name));
+            }
+            map.next_value()
+        }
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RequestTyped<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an AdmissionRequest object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut r = RequestTyped::default();
+                let mut seen = [false; 7];
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "uid" => r.uid = once(&mut map, &mut seen[0], "uid")?,
+                        "kind" => r.kind = once(&mut map, &mut seen[1], "kind")?,
+                        "subResource" => {
+                            r.sub_resource = once(&mut map, &mut seen[2], "subResource")?
+                        }
+                        "name" => r.name = once(&mut map, &mut seen[3], "name")?,
+                        "namespace" => r.namespace = once(&mut map, &mut seen[4], "namespace")?,
+                        "operation" => r.operation = once(&mut map, &mut seen[5], "operation")?,
+                        "object" => r.object = once(&mut map, &mut seen[6], "object")?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(r)
+            }
+        }
+        deserializer.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
 struct Gvk<'a> {
     #[serde(default, borrow)]
     group: Cow<'a, str>,
@@ -257,6 +330,17 @@ pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadReque
             "body is not a JSON AdmissionReview: not UTF-8 ({e})"
         ))
     })?;
+    match review_in_one_pass(policy, text) {
+        Some(reviewed) => Ok(reviewed),
+        None => review_captured(policy, text),
+    }
+}
+
+/// The careful read alone (what [`review`] does when the one-pass read fails): the request's fields captured as
+/// raw text, then decoded one by one. Public for the tests and the fuzz target, which check that both reads
+/// answer alike.
+#[doc(hidden)]
+pub fn review_captured(policy: &CompiledPolicy, text: &str) -> Result<Reviewed, BadRequest> {
     let envelope: Envelope = serde_json::from_str(text)
         .map_err(|e| BadRequest(format!("body is not a JSON AdmissionReview: {e}")))?;
     let api_version = envelope.api_version.as_deref().unwrap_or("");
@@ -281,7 +365,30 @@ pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadReque
     if uid.is_empty() {
         return Err(BadRequest("request.uid is empty".into()));
     }
-    Ok(answer(policy, uid, &req))
+    Ok(answer_captured(policy, uid, &req))
+}
+
+/// The one-pass read: `None` when anything is off (the careful read then answers, naming what is wrong).
+fn review_in_one_pass(policy: &CompiledPolicy, text: &str) -> Option<Reviewed> {
+    let envelope: EnvelopeTyped = serde_json::from_str(text).ok()?;
+    if envelope.kind.as_deref() != Some(KIND)
+        || envelope.api_version.as_deref() != Some(API_VERSION)
+    {
+        return None;
+    }
+    let req = envelope.request?;
+    let uid = req.uid.filter(|u| !u.is_empty())?.into_owned();
+    let fields = Fields {
+        kind: req.kind?,
+        sub_resource: req.sub_resource,
+        operation: req.operation?,
+    };
+    let names = (
+        req.name.map(Cow::into_owned).unwrap_or_default(),
+        req.namespace.map(Cow::into_owned).unwrap_or_default(),
+    );
+    let object = req.object;
+    Some(answer(policy, uid, names, Ok(fields), || object.map(Ok)))
 }
 
 impl Reviewed {
@@ -315,19 +422,27 @@ impl Reviewed {
     }
 }
 
-/// Everything after the uid is read: which requests are handled, the object, the decision, the patch.
-fn answer(policy: &CompiledPolicy, uid: String, req: &RequestIn<'_>) -> Reviewed {
-    let mut out = Reviewed::start(uid);
-    // Name and namespace first, so that every warning below can say which object it is about.
+/// The request's fields that say whether the review is handled.
+struct Fields<'a> {
+    kind: Gvk<'a>,
+    sub_resource: Option<Cow<'a, str>>,
+    operation: Cow<'a, str>,
+}
+
+/// The careful read's answer: each captured field decoded on its own, so an error names the field.
+fn answer_captured(policy: &CompiledPolicy, uid: String, req: &RequestIn<'_>) -> Reviewed {
+    // Name and namespace first, so that every warning can say which object it is about.
     let name = field::<String>(req.name, "name");
     let namespace = field::<String>(req.namespace, "namespace");
-    out.name = name.as_ref().ok().cloned().flatten().unwrap_or_default();
-    out.namespace = namespace
-        .as_ref()
-        .ok()
-        .cloned()
-        .flatten()
-        .unwrap_or_default();
+    let names = (
+        name.as_ref().ok().cloned().flatten().unwrap_or_default(),
+        namespace
+            .as_ref()
+            .ok()
+            .cloned()
+            .flatten()
+            .unwrap_or_default(),
+    );
     let fields = (|| {
         if let Some(dup) = req.duplicate {
             return Err(format!("duplicate field `{dup}`"));
@@ -338,9 +453,35 @@ fn answer(policy: &CompiledPolicy, uid: String, req: &RequestIn<'_>) -> Reviewed
         namespace?;
         let operation =
             field::<Cow<str>>(req.operation, "operation")?.ok_or("missing field `operation`")?;
-        Ok((kind, sub_resource, operation))
+        Ok(Fields {
+            kind,
+            sub_resource,
+            operation,
+        })
     })();
-    let (kind, sub_resource, operation) = match fields {
+    answer(policy, uid, names, fields, || {
+        req.object
+            .map(|o| serde_json::from_str::<ServiceIn>(o.get()).map_err(|e| e.to_string()))
+    })
+}
+
+/// Everything after the uid is read: which requests are handled, the object, the decision, the patch. `names`
+/// are the request's name and namespace (empty when absent); `object` is asked for only when the request is a
+/// CREATE or UPDATE of a Service.
+fn answer(
+    policy: &CompiledPolicy,
+    uid: String,
+    names: (String, String),
+    fields: Result<Fields<'_>, String>,
+    object: impl FnOnce() -> Option<Result<ServiceIn, String>>,
+) -> Reviewed {
+    let mut out = Reviewed::start(uid);
+    (out.name, out.namespace) = names;
+    let Fields {
+        kind,
+        sub_resource,
+        operation,
+    } = match fields {
         Ok(f) => f,
         Err(e) => {
             let w = format!("request could not be decoded ({e}); Service allowed unchanged");
@@ -367,10 +508,7 @@ fn answer(policy: &CompiledPolicy, uid: String, req: &RequestIn<'_>) -> Reviewed
         );
         return out.finish(Outcome::Skipped, Some(&w));
     }
-    let svc = match req
-        .object
-        .map(|o| serde_json::from_str::<ServiceIn>(o.get()))
-    {
+    let svc = match object() {
         Some(Ok(ServiceIn(Some(svc)))) => svc,
         Some(Ok(ServiceIn(None))) => {
             return out.finish(
@@ -907,6 +1045,142 @@ mod tests {
                 r.response.response.warnings
             );
         }
+    }
+
+    /// Bodies for the read-equivalence test: the review files and fuzz seeds, each with every request field the
+    /// webhook reads removed, null, or of each wrong JSON type, objects that are not quite Services, other kinds,
+    /// operations and subresources, and fields given twice.
+    fn equivalence_corpus() -> Vec<String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut bases = Vec::new();
+        for dir in ["tests/data/reviews", "fuzz/seeds/admission"] {
+            for entry in std::fs::read_dir(root.join(dir)).expect(dir) {
+                let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+                bases.push(serde_json::from_str::<Value>(&text).expect("a JSON review"));
+            }
+        }
+        bases.push(request("CREATE", grpc_object()));
+        let odd_values = [
+            Value::Null,
+            json!(5),
+            json!("x"),
+            json!(""),
+            json!({}),
+            json!([]),
+            json!(true),
+        ];
+        let mut out = Vec::new();
+        for base in &bases {
+            out.push(base.to_string());
+            for f in [
+                "uid",
+                "kind",
+                "subResource",
+                "name",
+                "namespace",
+                "operation",
+                "object",
+            ] {
+                let mut b = base.clone();
+                b["request"].as_object_mut().unwrap().remove(f);
+                out.push(b.to_string());
+                for v in &odd_values {
+                    let mut b = base.clone();
+                    b["request"][f] = v.clone();
+                    out.push(b.to_string());
+                }
+            }
+            for (pointer, v) in [
+                (
+                    "/request/kind",
+                    json!({"group": "apps", "version": "v1", "kind": "Deployment"}),
+                ),
+                (
+                    "/request/kind",
+                    json!({"version": "v1", "kind": "Service", "kind2": 1}),
+                ),
+                ("/request/operation", json!("DELETE")),
+                ("/request/operation", json!("CONNECT")),
+                ("/request/subResource", json!("status")),
+                ("/request/object/apiVersion", json!("v2")),
+                ("/request/object/kind", json!("Pod")),
+                ("/request/object/metadata", Value::Null),
+                ("/request/object/metadata", json!({})),
+                ("/request/object/metadata/labels", json!({"a": 1})),
+                ("/request/object/metadata/annotations", json!(["x"])),
+                (
+                    "/request/object/metadata/managedFields",
+                    json!([{"f": [[{}]]}]),
+                ),
+                ("/request/object/spec", Value::Null),
+                ("/request/object/spec/ports", json!([{"port": "x"}])),
+                ("/request/object/spec/ports", json!({})),
+                ("/request/object/spec/sessionAffinity", json!(1)),
+                ("/request/object/status", json!({"x": [1, {"y": null}]})),
+                ("/request/oldObject", json!({"metadata": 5})),
+                ("/apiVersion", json!("admission.k8s.io/v1beta1")),
+                ("/kind", json!("Other")),
+                ("/request", Value::Null),
+                ("/request", json!([])),
+            ] {
+                let mut b = base.clone();
+                let (parent, key) = pointer.rsplit_once('/').unwrap();
+                let target = if parent.is_empty() {
+                    Some(&mut b)
+                } else {
+                    b.pointer_mut(parent)
+                };
+                if let Some(Value::Object(m)) = target {
+                    m.insert(key.to_string(), v);
+                    out.push(b.to_string());
+                }
+            }
+            // Fields given twice: the first occurrence added in front of the object's own.
+            let text = base.to_string();
+            for dup in [
+                r#""uid":"other","#,
+                r#""operation":"CREATE","#,
+                r#""name":"dup","#,
+                r#""object":null,"#,
+                r#""kind":{"group":"","version":"v1","kind":"Service"},"#,
+            ] {
+                out.push(text.replacen(r#""request":{"#, &format!(r#""request":{{{dup}"#), 1));
+            }
+            out.push(text.replacen(r#""metadata":{"#, r#""metadata":{"name":"first","#, 1));
+        }
+        out
+    }
+
+    #[test]
+    fn the_one_pass_read_and_the_careful_read_answer_alike() {
+        let policies = [
+            Policy::default().compile(),
+            Policy::from_yaml(CLUSTER).unwrap().compile(),
+            Policy::from_yaml(
+                "scope: cluster\nmode: dry-run\nrules: [{name: grpc-ports, ports: {}}]\n",
+            )
+            .unwrap()
+            .compile(),
+        ];
+        let corpus = equivalence_corpus();
+        let mut one_pass = 0;
+        for body in &corpus {
+            for p in &policies {
+                let both = review(p, body.as_bytes());
+                let careful = review_captured(p, body);
+                assert_eq!(format!("{both:?}"), format!("{careful:?}"), "{body}");
+                one_pass += usize::from(review_in_one_pass(p, body).is_some());
+            }
+        }
+        // The review files themselves, and most of their variants, take the one-pass read.
+        for body in &corpus[..1] {
+            assert!(review_in_one_pass(&policies[0], body).is_some(), "{body}");
+        }
+        assert!(
+            one_pass * 3 > corpus.len(),
+            "only {one_pass} of {} reviews took the one-pass read",
+            corpus.len() * policies.len()
+        );
     }
 
     #[test]
