@@ -198,8 +198,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for RequestIn<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut r = RequestIn::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let (slot, field) = match key.as_ref() {
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    let (slot, field) = match key.0.as_ref() {
                         "uid" => {
                             if r.uid.is_some() {
                                 return Err(de::Error::duplicate_field("uid"));
@@ -247,12 +247,12 @@ struct EnvelopeTyped<'a> {
 /// so that the careful read ([`RequestIn`]) names it.
 #[derive(Default)]
 struct RequestTyped<'a> {
-    uid: Option<Cow<'a, str>>,
+    uid: Option<Text<'a>>,
     kind: Option<Gvk<'a>>,
-    sub_resource: Option<Cow<'a, str>>,
-    name: Option<Cow<'a, str>>,
-    namespace: Option<Cow<'a, str>>,
-    operation: Option<Cow<'a, str>>,
+    sub_resource: Option<Text<'a>>,
+    name: Option<Text<'a>>,
+    namespace: Option<Text<'a>>,
+    operation: Option<Text<'a>>,
     object: Option<ServiceIn>,
 }
 
@@ -278,8 +278,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for RequestTyped<'a> {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut r = RequestTyped::default();
                 let mut seen = [false; 7];
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match key.0.as_ref() {
                         "uid" => r.uid = once(&mut map, &mut seen[0], "uid")?,
                         "kind" => r.kind = once(&mut map, &mut seen[1], "kind")?,
                         "subResource" => {
@@ -298,6 +298,33 @@ impl<'de: 'a, 'a> Deserialize<'de> for RequestTyped<'a> {
             }
         }
         deserializer.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A string borrowed from the body when it holds no escapes, copied otherwise. serde's own `Cow<str>` always
+/// copies (it borrows only under derive's `#[serde(borrow)]`), which cost an allocation for every key of every
+/// object the webhook reads.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(V)
     }
 }
 
@@ -377,15 +404,15 @@ fn review_in_one_pass(policy: &CompiledPolicy, text: &str) -> Option<Reviewed> {
         return None;
     }
     let req = envelope.request?;
-    let uid = req.uid.filter(|u| !u.is_empty())?.into_owned();
+    let uid = req.uid.filter(|u| !u.0.is_empty())?.0.into_owned();
     let fields = Fields {
         kind: req.kind?,
-        sub_resource: req.sub_resource,
-        operation: req.operation?,
+        sub_resource: req.sub_resource.map(|t| t.0),
+        operation: req.operation?.0,
     };
     let names = (
-        req.name.map(Cow::into_owned).unwrap_or_default(),
-        req.namespace.map(Cow::into_owned).unwrap_or_default(),
+        req.name.map(|t| t.0.into_owned()).unwrap_or_default(),
+        req.namespace.map(|t| t.0.into_owned()).unwrap_or_default(),
     );
     let object = req.object;
     Some(answer(policy, uid, names, Ok(fields), || object.map(Ok)))
@@ -603,8 +630,8 @@ impl<'de> Deserialize<'de> for ServiceIn {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<ServiceIn, M::Error> {
                 let mut metadata: Option<MetaIn> = None;
                 let mut spec: Option<SpecIn> = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match key.0.as_ref() {
                         "apiVersion" => expect_str(&mut map, "v1")?,
                         "kind" => expect_str(&mut map, "Service")?,
                         "metadata" => metadata = map.next_value()?,
@@ -630,7 +657,7 @@ impl<'de> Deserialize<'de> for ServiceIn {
 }
 
 fn expect_str<'de, M: MapAccess<'de>>(map: &mut M, expected: &'static str) -> Result<(), M::Error> {
-    let value: Cow<'de, str> = map.next_value()?;
+    let Text(value) = map.next_value()?;
     if value != expected {
         return Err(de::Error::invalid_value(
             de::Unexpected::Str(&value),
@@ -673,8 +700,8 @@ impl<'de> Deserialize<'de> for MetaIn {
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<MetaIn, M::Error> {
                 let mut m = ObjectMeta::default();
                 let mut other = false;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match key.0.as_ref() {
                         "name" => m.name = map.next_value()?,
                         "generateName" => m.generate_name = map.next_value()?,
                         "namespace" => m.namespace = map.next_value()?,
@@ -711,8 +738,8 @@ impl<'de> Deserialize<'de> for SpecIn {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<SpecIn, M::Error> {
                 let mut s = ServiceSpec::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match key.0.as_ref() {
                         "type" => s.type_ = map.next_value()?,
                         "clusterIP" => s.cluster_ip = map.next_value()?,
                         "ports" => s.ports = map.next_value::<Option<Vec<ServicePort>>>()?,
@@ -1181,6 +1208,26 @@ mod tests {
             "only {one_pass} of {} reviews took the one-pass read",
             corpus.len() * policies.len()
         );
+    }
+
+    #[test]
+    fn keys_and_values_written_with_escapes_read_as_the_same_review() {
+        // Strings without escapes are borrowed from the body, the others copied: both must read alike.
+        let plain = include_str!("../../../tests/data/reviews/bench-service.json");
+        let escaped = plain
+            .replace("\"name\":", "\"na\\u006de\":")
+            .replace("\"labels\":", "\"\\u006cabels\":")
+            .replace("\"ports\":", "\"port\\u0073\":")
+            .replace("\"operation\":", "\"operatio\\u006e\":")
+            .replace("\"CREATE\"", "\"CR\\u0045ATE\"")
+            .replace("\"grpc", "\"\\u0067rpc");
+        assert_ne!(plain, escaped);
+        let p = Policy::default().compile();
+        let a = review(&p, plain.as_bytes()).expect("review");
+        let b = review(&p, escaped.as_bytes()).expect("review");
+        assert_eq!(a.outcome, Outcome::Patched);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert!(review_in_one_pass(&p, &escaped).is_some());
     }
 
     #[test]
