@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use lb_l7_webhook::telemetry::{self, LogFormat};
 
+/// mimalloc rather than glibc's malloc: the review path allocates for every string it keeps from the object, and
+/// glibc's malloc and free were about a sixth of the instructions of a served review (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Turns on Cilium's per-request (L7) load balancing for gRPC Services.
 ///
 /// gRPC keeps one long-lived HTTP/2 connection per client, so Kubernetes' per-connection balancing pins every
