@@ -195,7 +195,13 @@ async fn mutate(State(state): State<Arc<AppState>>, body: Body) -> Result<Respon
                 .map(|w| w.len() + 4)
                 .sum::<usize>(),
     );
-    reviewed.response.write_json(&mut body);
+    if let Err(e) = serde_json::to_writer(&mut body, &reviewed.response) {
+        state.metrics.error("encode");
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("response could not be encoded: {e}"),
+        ));
+    }
     state
         .metrics
         .reviews

@@ -49,70 +49,6 @@ pub struct ReviewResponse {
     pub response: AdmissionResponse,
 }
 
-impl ReviewResponse {
-    /// Appends the response as JSON to `out`: the same bytes as `serde_json::to_writer(out, self)` (a test checks
-    /// it), written without serde's machinery, and the patch (base64, which needs no escaping) copied as it is.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        let r = &self.response;
-        out.extend_from_slice(b"{\"apiVersion\":");
-        json_string(out, &self.api_version);
-        out.extend_from_slice(b",\"kind\":");
-        json_string(out, &self.kind);
-        out.extend_from_slice(b",\"response\":{\"uid\":");
-        json_string(out, &r.uid);
-        out.extend_from_slice(if r.allowed {
-            b",\"allowed\":true"
-        } else {
-            b",\"allowed\":false"
-        });
-        if let Some(patch) = &r.patch {
-            out.extend_from_slice(b",\"patch\":");
-            json_string(out, patch);
-        }
-        if let Some(t) = &r.patch_type {
-            out.extend_from_slice(b",\"patchType\":");
-            json_string(out, t);
-        }
-        if !r.warnings.is_empty() {
-            out.extend_from_slice(b",\"warnings\":[");
-            for (i, w) in r.warnings.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                json_string(out, w);
-            }
-            out.push(b']');
-        }
-        if !r.audit_annotations.is_empty() {
-            out.extend_from_slice(b",\"auditAnnotations\":{");
-            for (i, (k, v)) in r.audit_annotations.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                json_string(out, k);
-                out.push(b':');
-                json_string(out, v);
-            }
-            out.push(b'}');
-        }
-        out.extend_from_slice(b"}}");
-    }
-}
-
-/// `s` as a JSON string: copied as it is when nothing in it needs escaping (the base64 patch, uids, most
-/// warnings), else written by serde_json.
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Writing a string into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionResponse {
@@ -1292,41 +1228,6 @@ mod tests {
         assert_eq!(a.outcome, Outcome::Patched);
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         assert!(review_in_one_pass(&p, &escaped).is_some());
-    }
-
-    #[test]
-    fn write_json_writes_the_bytes_serde_json_writes() {
-        let mut responses = Vec::new();
-        for body in equivalence_corpus() {
-            for p in [
-                Policy::default().compile(),
-                Policy::from_yaml(CLUSTER).unwrap().compile(),
-            ] {
-                if let Ok(r) = review(&p, body.as_bytes()) {
-                    responses.push(r.response);
-                }
-            }
-        }
-        let mut odd = responses[0].clone();
-        odd.response.uid =
-            "quote \" backslash \\ newline \n nul \u{0} del \u{7f} é 🦀 \u{2028}".into();
-        odd.response.allowed = false;
-        odd.response.warnings = vec!["a \"b\"".into(), String::new(), "tab\t".into()];
-        odd.response
-            .audit_annotations
-            .insert("k\"ey".into(), "v\\alue\u{1f}".into());
-        odd.response.patch = Some("not base64: \"\n".into());
-        responses.push(odd);
-        assert!(responses.iter().any(|r| r.response.patch.is_some()));
-        assert!(responses.iter().any(|r| !r.response.warnings.is_empty()));
-        for r in &responses {
-            let mut ours = Vec::new();
-            r.write_json(&mut ours);
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                serde_json::to_string(r).unwrap()
-            );
-        }
     }
 
     #[test]
