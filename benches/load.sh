@@ -143,8 +143,12 @@ percentiles() {
 }
 
 ROWS=()
-LABELS=()
+RATIOS=()
 declare -A RPS
+# ratio LABEL: webhook / baseline throughput of the pair just run (the baseline runs first, then the webhook).
+ratio() {
+    RATIOS+=("| $1 | $(awk -v w="${RPS[$1/webhook]}" -v b="${RPS[$1/baseline]}" 'BEGIN { if (b > 0) printf "%.1f %%", 100 * w / b; else print "-" }') |")
+}
 # run_h2 SERVER CONNECTIONS STREAMS LABEL [extra h2load args...]
 run_h2() {
     local server=$1 conns=$2 streams=$3 label=$4
@@ -167,7 +171,7 @@ run_h2() {
     cpu=$(awk -v d=$((t1 - t0)) -v t="$TICK" -v n="$n" 'BEGIN { if (n > 0) printf "%.0f", d / t * 1e6 / n; else print "-" }')
     [[ -n "$rps" ]] || { cat "$out" >&2; rps=0; }
     RPS[$label/$server]=$rps
-    [[ $server == webhook ]] && LABELS+=("$label")
+    [[ $server == webhook ]] && ratio "$label"
     ROWS+=("| $label | $server | $(printf '%.0f' "$rps") | $p50 | $p99 | $p999 | $ok | $((failed)) | $cpu | $(mib "$(kib "$pid" VmHWM)") |")
     echo "load.sh: $label $server: $rps req/s, p99 $p99 ms" >&2
 }
@@ -188,7 +192,7 @@ run_h1() {
     rps=$(awk -v n="$requests" -v us="$micros" 'BEGIN {printf "%.1f", n / (us / 1e6)}')
     cpu=$(awk -v d=$((t1 - t0)) -v t="$TICK" -v n="$requests" 'BEGIN { if (n > 0) printf "%.0f", d / t * 1e6 / n; else print "-" }')
     RPS[$label/$server]=$rps
-    [[ $server == webhook ]] && LABELS+=("$label")
+    [[ $server == webhook ]] && ratio "$label"
     ROWS+=("| $label | $server | $(printf '%.0f' "$rps") | $(ms "$p50") | $(ms "$p99") | $(ms "$p999") | $((requests - status)) | $((errors + status)) | $cpu | $(mib "$(kib "$pid" VmHWM)") |")
     echo "load.sh: $label $server: $rps req/s, p99 $((p99)) us" >&2
 }
@@ -205,7 +209,7 @@ run_rate() {
     t1=$(cpu_ticks "$pid")
     cpu=$(awk -v d=$((t1 - t0)) -v t="$TICK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.0f", d / t * 1e6 / (n * (1 + '"$WARMUP"' / '"$RATE_DURATION"')); else print "-" }')
     RPS[$label/$server]=$rps
-    [[ $server == webhook ]] && LABELS+=("$label")
+    [[ $server == webhook ]] && ratio "$label"
     ROWS+=("| $label | $server | $(printf '%.0f' "$rps") | $p50 | $p99 | $p999 | $ok | $failed | $cpu | $(mib "$(kib "$pid" VmHWM)") |")
     echo "load.sh: $label $server: $rps req/s, p99 $p99 ms (max $max ms)" >&2
 }
@@ -255,9 +259,7 @@ done
     echo
     echo "| run | webhook / baseline throughput |"
     echo "|---|---:|"
-    for label in "${LABELS[@]}"; do
-        echo "| $label | $(awk -v w="${RPS[$label/webhook]}" -v b="${RPS[$label/baseline]}" 'BEGIN { if (b > 0) printf "%.1f %%", 100 * w / b; else print "-" }') |"
-    done
+    printf '%s\n' "${RATIOS[@]}"
     echo
     echo "| server | RSS after start MiB | peak RSS (VmHWM) MiB | RSS 5 s after the last run MiB |"
     echo "|---|---:|---:|---:|"
