@@ -162,15 +162,17 @@ impl Reviewed {
 #[error("{0}")]
 pub struct BadRequest(pub String);
 
+/// The AdmissionReview around the request: `R` is [`RequestTyped`] for the one-pass read, [`RequestIn`] for the
+/// careful read.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope<'a> {
+struct Envelope<'a, R> {
     #[serde(default, borrow)]
     api_version: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    request: Option<RequestIn<'a>>,
+    #[serde(default)]
+    request: Option<R>,
 }
 
 /// The request's fields the webhook reads, each as raw JSON text borrowed from the body (`None` when absent or
@@ -230,17 +232,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for RequestIn<'a> {
         }
         deserializer.deserialize_map(V(std::marker::PhantomData))
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EnvelopeTyped<'a> {
-    #[serde(default, borrow)]
-    api_version: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    request: Option<RequestTyped<'a>>,
 }
 
 /// The request's fields the webhook reads, decoded in the envelope's pass. Any field given twice fails the pass,
@@ -368,7 +359,7 @@ pub fn review(policy: &CompiledPolicy, body: &[u8]) -> Result<Reviewed, BadReque
 /// answer alike.
 #[doc(hidden)]
 pub fn review_captured(policy: &CompiledPolicy, text: &str) -> Result<Reviewed, BadRequest> {
-    let envelope: Envelope = serde_json::from_str(text)
+    let envelope: Envelope<RequestIn> = serde_json::from_str(text)
         .map_err(|e| BadRequest(format!("body is not a JSON AdmissionReview: {e}")))?;
     let api_version = envelope.api_version.as_deref().unwrap_or("");
     let kind = envelope.kind.as_deref().unwrap_or("");
@@ -397,7 +388,7 @@ pub fn review_captured(policy: &CompiledPolicy, text: &str) -> Result<Reviewed, 
 
 /// The one-pass read: `None` when anything is off (the careful read then answers, naming what is wrong).
 fn review_in_one_pass(policy: &CompiledPolicy, text: &str) -> Option<Reviewed> {
-    let envelope: EnvelopeTyped = serde_json::from_str(text).ok()?;
+    let envelope: Envelope<RequestTyped> = serde_json::from_str(text).ok()?;
     if envelope.kind.as_deref() != Some(KIND)
         || envelope.api_version.as_deref() != Some(API_VERSION)
     {
@@ -1190,23 +1181,24 @@ mod tests {
             .compile(),
         ];
         let corpus = equivalence_corpus();
-        let mut one_pass = 0;
         for body in &corpus {
             for p in &policies {
                 let both = review(p, body.as_bytes());
                 let careful = review_captured(p, body);
                 assert_eq!(format!("{both:?}"), format!("{careful:?}"), "{body}");
-                one_pass += usize::from(review_in_one_pass(p, body).is_some());
             }
         }
-        // The review files themselves, and most of their variants, take the one-pass read.
-        for body in &corpus[..1] {
-            assert!(review_in_one_pass(&policies[0], body).is_some(), "{body}");
-        }
+        // The review files themselves, and a good share of the variants, take the one-pass read (the others
+        // are broken on purpose).
+        assert!(review_in_one_pass(&policies[0], &corpus[0]).is_some());
+        let one_pass = corpus
+            .iter()
+            .filter(|b| review_in_one_pass(&policies[0], b).is_some())
+            .count();
         assert!(
             one_pass * 3 > corpus.len(),
             "only {one_pass} of {} reviews took the one-pass read",
-            corpus.len() * policies.len()
+            corpus.len()
         );
     }
 
