@@ -53,6 +53,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Where lines go: written by the writer thread, and by loggers themselves once it has stopped.
+    out: Mutex<Box<dyn Write + Send>>,
     /// The writer thread waits on this for lines.
     lines: Condvar,
     /// Loggers past `block_at` wait on this for the writer to take the buffer.
@@ -100,6 +102,7 @@ impl BatchWriter {
     pub fn new<W: Write + Send + 'static>(out: W, settings: Settings) -> (Self, WriterGuard) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            out: Mutex::new(Box::new(out)),
             lines: Condvar::new(),
             taken: Condvar::new(),
             settings,
@@ -108,7 +111,7 @@ impl BatchWriter {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("log-writer".into())
-                .spawn(move || run(&shared, out))
+                .spawn(move || run(&shared))
                 .ok()
         };
         if thread.is_none() {
@@ -135,7 +138,7 @@ impl Drop for WriterGuard {
 }
 
 /// The writer thread: sleeps until a line arrives, lets a batch gather for at most `interval`, writes it.
-fn run<W: Write>(shared: &Shared, mut out: W) {
+fn run(shared: &Shared) {
     let mut batch = Vec::new();
     loop {
         let mut state = shared.lock();
@@ -158,7 +161,9 @@ fn run<W: Write>(shared: &Shared, mut out: W) {
         drop(state);
         shared.taken.notify_all();
         // A log that cannot be written has nowhere to say so: the lines are dropped, logging goes on.
+        let mut out = shared.out.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = out.write_all(&batch).and_then(|()| out.flush());
+        drop(out);
         batch.clear();
         // After a burst, give back what an ordinary batch does not need.
         batch.shrink_to(shared.settings.wake_at * 2);
@@ -180,10 +185,15 @@ impl Write for LineWriter<'_> {
         let mut state = self.shared.lock();
         if state.closed {
             // After the guard is gone (or without a writer thread), write directly, in order with what is left.
-            let mut stderr = io::stderr().lock();
-            stderr.write_all(&state.buf)?;
+            let mut out = self
+                .shared
+                .out
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            out.write_all(&state.buf)?;
             state.buf.clear();
-            stderr.write_all(line)?;
+            out.write_all(line)?;
+            out.flush()?;
             return Ok(line.len());
         }
         while state.buf.len() >= settings.block_at && !state.closed {
@@ -344,6 +354,9 @@ mod tests {
         log(&writer, "a last line\n");
         drop(guard);
         assert_eq!(sink.text(), "an info line\na warning\na last line\n");
+        // Once the writer has stopped, lines are written by the logger itself, to the same place.
+        log(&writer, "after the guard\n");
+        assert!(sink.text().ends_with("a last line\nafter the guard\n"));
     }
 
     #[test]
