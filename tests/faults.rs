@@ -18,12 +18,10 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_l7_webhook::certs::{self, PemPair};
-use lb_l7_webhook::server::tls::TlsFiles;
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 const UID: &str = "705ab4f5-6393-11e8-b7cc-42010a800002";
 
@@ -111,81 +109,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// A 200 AdmissionReview answer to REVIEW: status, uid echoed, allowed.
 fn is_good_answer(status: u16, body: &[u8]) -> bool {
     status == 200 && contains(body, UID.as_bytes()) && contains(body, br#""allowed":true"#)
-}
-
-/// `lb-l7-webhook serve`, the real binary, on loopback ports, with the given certificate files.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    probe: SocketAddr,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-impl Binary {
-    async fn start(tls: &TlsFiles, extra: &[&str]) -> Binary {
-        // Ports from the kernel; a port taken again between here and the bind makes the start fail, visibly.
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let probe: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lb-l7-webhook"))
-            .args(["--log", "warn", "serve", "--listen"])
-            .arg(addr.to_string())
-            .arg("--probe-listen")
-            .arg(probe.to_string())
-            .arg("--tls-cert")
-            .arg(&tls.cert)
-            .arg("--tls-key")
-            .arg(&tls.key)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn lb-l7-webhook");
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("lb-l7-webhook serve exited at start: {status}");
-            }
-            if TcpStream::connect(addr).await.is_ok() && TcpStream::connect(probe).await.is_ok() {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "lb-l7-webhook serve listens within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Binary { child, addr, probe }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-
-    /// VmRSS of the server process, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
-    }
-
-    fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -299,8 +222,13 @@ async fn sigterm_during_load_finishes_requests_in_flight_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, tls) = make_certs(dir.path());
     let drain = Duration::from_secs(5);
-    let mut server =
-        Binary::start(&tls, &["--drain-timeout", "5s", "--client-timeout", "10s"]).await;
+    let mut server = Binary::start(
+        &tls,
+        &["--log", "warn"],
+        &["--drain-timeout", "5s", "--client-timeout", "10s"],
+        Stdio::inherit(),
+    )
+    .await;
     let addr = server.addr;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -504,7 +432,7 @@ async fn soak_100k_reviews_without_error_or_memory_growth() {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let (ca, tls) = make_certs(dir.path());
-    let server = Binary::start(&tls, &[]).await;
+    let server = Binary::start(&tls, &["--log", "warn"], &[], Stdio::inherit()).await;
     let ca = ca.cert_pem;
 
     let mut h1 = Vec::new();

@@ -5,20 +5,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio::process::Command;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
 
 /// The review file with this uid.
 fn review_with_uid(uid: &str) -> Vec<u8> {
@@ -34,31 +24,14 @@ async fn every_review_is_one_json_audit_line_and_sigterm_writes_them_all() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, tls) = make_certs(dir.path());
     let log_path = dir.path().join("serve.log");
-    let (addr, probe) = (free_addr(), free_addr());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-l7-webhook"))
-        .args(["--log", "info", "--log-format", "json", "serve", "--listen"])
-        .arg(addr.to_string())
-        .arg("--probe-listen")
-        .arg(probe.to_string())
-        .arg("--tls-cert")
-        .arg(&tls.cert)
-        .arg("--tls-key")
-        .arg(&tls.key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn lb-l7-webhook");
-    let started = Instant::now();
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "serve exited at start");
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "serve listens within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut server = Binary::start(
+        &tls,
+        &["--log", "info", "--log-format", "json"],
+        &[],
+        std::fs::File::create(&log_path).unwrap().into(),
+    )
+    .await;
+    let addr = server.addr;
 
     // The bench review is in namespace shop, which the default policy (namespace opt-in) judges as opted in by
     // the API server's namespaceSelector: it is patched, and logged at info.
@@ -75,13 +48,8 @@ async fn every_review_is_one_json_audit_line_and_sigterm_writes_them_all() {
     }
 
     // SIGTERM right after the last answer: lines still waiting for their batch must be written before exit.
-    let pid = child.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+    server.sigterm();
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
         .await
         .expect("serve exits within 30 s of SIGTERM")
         .unwrap();

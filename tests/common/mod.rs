@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -310,4 +310,87 @@ pub async fn served_cert(addr: SocketAddr, ca: &str) -> Vec<u8> {
 /// The probe port's `/metrics` text.
 pub async fn metrics_text(probe: SocketAddr) -> String {
     String::from_utf8_lossy(&probe_get(probe, "/metrics").await.body).to_string()
+}
+
+/// `lb-l7-webhook serve`, the real binary, on loopback ports, with the given certificate files.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub probe: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Binary {
+    /// `lb-l7-webhook <global> serve --listen .. --probe-listen .. --tls-cert .. --tls-key .. <extra>`, its
+    /// stderr to `stderr`; returns once both ports accept connections.
+    pub async fn start(
+        tls: &TlsFiles,
+        global: &[&str],
+        extra: &[&str],
+        stderr: std::process::Stdio,
+    ) -> Binary {
+        // Ports from the kernel; a port taken again between here and the bind makes the start fail, visibly.
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let probe: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lb-l7-webhook"))
+            .args(global)
+            .args(["serve", "--listen"])
+            .arg(addr.to_string())
+            .arg("--probe-listen")
+            .arg(probe.to_string())
+            .arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn lb-l7-webhook");
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("lb-l7-webhook serve exited at start: {status}");
+            }
+            if TcpStream::connect(addr).await.is_ok() && TcpStream::connect(probe).await.is_ok() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "lb-l7-webhook serve listens within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Binary { child, addr, probe }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// VmRSS of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
 }
