@@ -244,7 +244,7 @@ struct RequestTyped<'a> {
     name: Option<Text<'a>>,
     namespace: Option<Text<'a>>,
     operation: Option<Text<'a>>,
-    object: Option<ServiceIn>,
+    object: Option<ServiceIn<'a>>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for RequestTyped<'a> {
@@ -486,12 +486,12 @@ fn answer_captured(policy: &CompiledPolicy, uid: String, req: &RequestIn<'_>) ->
 /// Everything after the uid is read: which requests are handled, the object, the decision, the patch. `names`
 /// are the request's name and namespace (empty when absent); `object` is asked for only when the request is a
 /// CREATE or UPDATE of a Service.
-fn answer(
+fn answer<'o>(
     policy: &CompiledPolicy,
     uid: String,
     names: (String, String),
     fields: Result<Fields<'_>, String>,
-    object: impl FnOnce() -> Option<Result<ServiceIn, String>>,
+    object: impl FnOnce() -> Option<Result<ServiceIn<'o>, String>>,
 ) -> Reviewed {
     let mut out = Reviewed::start(uid);
     (out.name, out.namespace) = names;
@@ -526,9 +526,9 @@ fn answer(
         );
         return out.finish(Outcome::Skipped, Some(&w));
     }
-    let svc = match object() {
-        Some(Ok(ServiceIn(Some(svc)))) => svc,
-        Some(Ok(ServiceIn(None))) => {
+    let svc = match object().map(|o| o.map(|s| s.into_service(policy))) {
+        Some(Ok(Some(svc))) => svc,
+        Some(Ok(None)) => {
             return out.finish(
                 Outcome::Undecodable,
                 Some(&"object has no metadata; Service allowed unchanged"),
@@ -604,21 +604,79 @@ fn answer(
     out
 }
 
-/// The object as a [`Service`] holding only what the policy, the pitfalls and the patch read; `None` when it has
-/// no metadata. Decodes like k8s-openapi's own `Service` for those fields (`apiVersion` and `kind`, when given,
-/// must be `v1` and `Service`; a field given twice keeps its last value; null reads as absent) and skips every
-/// other field, `managedFields` and `status` included, without building values.
-struct ServiceIn(Option<Service>);
+/// The object as read: `None` when it has no metadata. [`ServiceIn::into_service`] makes it a [`Service`] holding
+/// only what the policy, the pitfalls and the patch read. Decodes like k8s-openapi's own `Service` for those fields
+/// (`apiVersion` and `kind`, when given, must be `v1` and `Service`; a field given twice keeps its last value; null
+/// reads as absent) and skips every other field, `managedFields` and `status` included, without building values.
+struct ServiceIn<'de>(Option<ServiceRead<'de>>);
 
-impl<'de> Deserialize<'de> for ServiceIn {
+/// A Service's fields as read, labels and annotations still borrowed from the body.
+struct ServiceRead<'de> {
+    service: Service,
+    labels: Option<Pairs<'de>>,
+    annotations: Option<Pairs<'de>>,
+}
+
+impl ServiceIn<'_> {
+    /// The [`Service`] the policy evaluates, with only the labels and annotations it reads
+    /// ([`CompiledPolicy::reads_label`], [`CompiledPolicy::reads_annotation`]): the others (kubectl's
+    /// `last-applied-configuration`, a whole copy of the object, among them) are never copied. Whether the Service
+    /// has labels and annotations at all is kept, since the patch depends on it.
+    fn into_service(self, policy: &CompiledPolicy) -> Option<Service> {
+        let ServiceRead {
+            mut service,
+            labels,
+            annotations,
+        } = self.0?;
+        service.metadata.labels = labels.map(|l| l.keep(|k| policy.reads_label(k)));
+        service.metadata.annotations = annotations.map(|a| a.keep(|k| policy.reads_annotation(k)));
+        Some(service)
+    }
+}
+
+/// A map of strings as read (labels, annotations): its entries in order, borrowed from the body when they hold no
+/// escapes. Decodes like a `BTreeMap<String, String>` (a key given twice keeps its last value).
+struct Pairs<'de>(Vec<(Text<'de>, Text<'de>)>);
+
+impl Pairs<'_> {
+    fn keep(self, wanted: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+        self.0
+            .into_iter()
+            .filter(|(k, _)| wanted(&k.0))
+            .map(|(k, v)| (k.0.into_owned(), v.0.into_owned()))
+            .collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for Pairs<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = ServiceIn;
+            type Value = Pairs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Pairs<'de>, M::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some(entry) = map.next_entry()? {
+                    pairs.push(entry);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceIn<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ServiceIn<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a Service")
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<ServiceIn, M::Error> {
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<ServiceIn<'de>, M::Error> {
                 let mut metadata: Option<MetaIn> = None;
                 let mut spec: Option<SpecIn> = None;
                 while let Some(key) = map.next_key::<Text<'de>>()? {
@@ -636,10 +694,14 @@ impl<'de> Deserialize<'de> for ServiceIn {
                 if !metadata.present {
                     return Ok(ServiceIn(None));
                 }
-                Ok(ServiceIn(Some(Service {
-                    metadata: metadata.meta,
-                    spec: spec.map(|s| s.0),
-                    status: None,
+                Ok(ServiceIn(Some(ServiceRead {
+                    service: Service {
+                        metadata: metadata.meta,
+                        spec: spec.map(|s| s.0),
+                        status: None,
+                    },
+                    labels: metadata.labels,
+                    annotations: metadata.annotations,
                 })))
             }
         }
@@ -658,11 +720,13 @@ fn expect_str<'de, M: MapAccess<'de>>(map: &mut M, expected: &'static str) -> Re
     Ok(())
 }
 
-/// ObjectMeta's fields the webhook reads; `present` is false when every field of ObjectMeta is absent or null
-/// (what k8s-openapi decodes to `ObjectMeta::default()`).
+/// ObjectMeta's fields the webhook reads, labels and annotations as read; `present` is false when every field of
+/// ObjectMeta is absent or null (what k8s-openapi decodes to `ObjectMeta::default()`).
 #[derive(Default)]
-struct MetaIn {
+struct MetaIn<'de> {
     meta: ObjectMeta,
+    labels: Option<Pairs<'de>>,
+    annotations: Option<Pairs<'de>>,
     present: bool,
 }
 
@@ -680,24 +744,25 @@ const OTHER_META_FIELDS: &[&str] = &[
     "uid",
 ];
 
-impl<'de> Deserialize<'de> for MetaIn {
+impl<'de> Deserialize<'de> for MetaIn<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = MetaIn;
+            type Value = MetaIn<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("ObjectMeta")
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<MetaIn, M::Error> {
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<MetaIn<'de>, M::Error> {
                 let mut m = ObjectMeta::default();
+                let (mut labels, mut annotations) = (None, None);
                 let mut other = false;
                 while let Some(key) = map.next_key::<Text<'de>>()? {
                     match key.0.as_ref() {
                         "name" => m.name = map.next_value()?,
                         "generateName" => m.generate_name = map.next_value()?,
                         "namespace" => m.namespace = map.next_value()?,
-                        "labels" => m.labels = map.next_value()?,
-                        "annotations" => m.annotations = map.next_value()?,
+                        "labels" => labels = map.next_value()?,
+                        "annotations" => annotations = map.next_value()?,
                         k if OTHER_META_FIELDS.contains(&k) => {
                             if map.next_value::<Option<IgnoredAny>>()?.is_some() {
                                 other = true;
@@ -708,8 +773,16 @@ impl<'de> Deserialize<'de> for MetaIn {
                         }
                     }
                 }
-                let present = other || m != ObjectMeta::default();
-                Ok(MetaIn { meta: m, present })
+                let present = other
+                    || labels.is_some()
+                    || annotations.is_some()
+                    || m != ObjectMeta::default();
+                Ok(MetaIn {
+                    meta: m,
+                    labels,
+                    annotations,
+                    present,
+                })
             }
         }
         deserializer.deserialize_map(V)

@@ -3,8 +3,10 @@
 //! For every Service of the corpus (tests/data/services/*.yaml) and of a generated set of variants, every
 //! policy below and several sets of namespace labels:
 //! - the webhook side: the webhook configuration's selectors and matchConditions say whether the API server calls
-//!   the webhook; `evaluate` with the namespace's labels decides, `build_patch` is applied with json-patch, and the
-//!   warnings are those the webhook returns (`evaluate` with the scope applied, plus the dry-run message);
+//!   the webhook; `evaluate` with the namespace's labels decides; when called, the webhook's own
+//!   `admission::review` answers an AdmissionReview of the Service, its patch is applied with json-patch, and its
+//!   warnings are compared (its decision, warnings and patch are also checked against `evaluate` and `build_patch`
+//!   on the whole Service, since the webhook reads only the labels and annotations the policy reads);
 //! - the admission-policy side: the bindings' selectors are evaluated with the small label-selector matcher below
 //!   (they are not CEL), then every rendered CEL expression (matchConditions, variables, the JSONPatch mutation,
 //!   the validations' expressions and messageExpressions) is evaluated with the `cel` crate, the mutation applied
@@ -26,6 +28,7 @@ use cel::{Context, Env, ExecutionError, StructType, Value as CelValue};
 use k8s_openapi::api::admissionregistration::v1::{MatchCondition, Variable};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use lb_l7_core::admission::{Reviewed, WARNING_PREFIX, review};
 use lb_l7_core::namespace::namespace_of;
 use lb_l7_core::patch::build_patch;
 use lb_l7_core::policy::{CompiledPolicy, DecisionKind, Mode, NamespaceContext, Policy};
@@ -320,31 +323,42 @@ fn webhook(
     if called {
         let answer = compiled.evaluate(&svc, NamespaceContext::scope_applied(&ns));
         assert_eq!(answer.kind, decision.kind, "{svc_json}");
+        let reviewed = review_of(compiled, &ns, svc_json);
+        assert_eq!(reviewed.decision.as_ref(), Some(&answer), "{svc_json}");
+        let response = &reviewed.response.response;
+        let prefix = format!(
+            "{WARNING_PREFIX}{ns}/{}: ",
+            svc.metadata.name.as_deref().unwrap_or_default()
+        );
+        let sent: Vec<&str> = response
+            .warnings
+            .iter()
+            .map(|w| w.strip_prefix(&prefix).expect("prefixed warning"))
+            .collect();
         let mut target_ports = Vec::new();
-        for w in &answer.warnings {
+        for w in &sent {
             if w.contains("has targetPort") {
-                target_ports.push(w.clone());
+                target_ports.push(*w);
             } else {
                 if !target_ports.is_empty() {
                     warnings.push(target_ports.join("; "));
                     target_ports.clear();
                 }
-                warnings.push(w.clone());
+                warnings.push(w.to_string());
             }
         }
         if !target_ports.is_empty() {
             warnings.push(target_ports.join("; "));
         }
-        if answer.kind == DecisionKind::Enable {
-            if policy.mode == Mode::DryRun {
-                warnings.push(format!(
-                    "dry-run: would enable L7 load balancing ({}=enabled): {}",
-                    policy.annotation_key, answer.reason
-                ));
-            } else {
-                let patch = build_patch(&svc, &answer, policy).expect("an enable decision patches");
+        let expected_patch =
+            build_patch(&svc, &answer, policy).filter(|_| policy.mode != Mode::DryRun);
+        match response.decoded_patch() {
+            Some(patch) => {
+                let patch = patch.expect("the webhook's patch decodes");
+                assert_eq!(Some(&patch), expected_patch.as_ref(), "{svc_json}");
                 json_patch::patch(&mut doc, &patch.0).expect("the webhook's patch applies");
             }
+            None => assert_eq!(expected_patch, None, "{svc_json}"),
         }
     } else {
         assert!(
@@ -359,6 +373,21 @@ fn webhook(
         },
         decision.kind,
     )
+}
+
+/// The webhook's answer to a CREATE of the Service in namespace `ns`.
+fn review_of(compiled: &CompiledPolicy, ns: &str, svc_json: &Value) -> Reviewed {
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Service"},
+            "namespace": ns, "name": svc_json["metadata"]["name"], "operation": "CREATE",
+            "object": svc_json,
+        }
+    });
+    let reviewed = review(compiled, &serde_json::to_vec(&body).unwrap()).expect("a review");
+    assert_eq!(reviewed.response.response.uid, "u");
+    reviewed
 }
 
 /// What the API server does with the Service under the admission policies.

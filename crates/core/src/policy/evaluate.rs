@@ -102,6 +102,31 @@ impl CompiledPolicy {
         decision
     }
 
+    /// Whether [`Self::evaluate`], or the patch built from its decision, can read this annotation of a Service:
+    /// the policy's annotation key, the legacy spelling and the algorithm. A reader that decodes only what it needs
+    /// (the webhook) keeps these and drops the Service's other annotations; the decision and the patch are the
+    /// same, as long as it keeps whether the Service has annotations at all. Change this with `decide`.
+    pub fn reads_annotation(&self, key: &str) -> bool {
+        key == self.policy.annotation_key
+            || key == LEGACY_ANNOTATION_KEY
+            || key == ALGORITHM_ANNOTATION
+    }
+
+    /// Whether [`Self::evaluate`] can read this label of a Service: the opt-out label and every key a rule's
+    /// selector names. Like [`Self::reads_annotation`], for readers that drop the other labels.
+    pub fn reads_label(&self, key: &str) -> bool {
+        key == OPT_LABEL
+            || self
+                .policy
+                .rules
+                .iter()
+                .filter_map(|r| r.selector.as_ref())
+                .any(|s| {
+                    s.match_labels.contains_key(key)
+                        || s.match_expressions.iter().any(|e| e.key == key)
+                })
+    }
+
     fn decide(&self, svc: &Service, ns: NamespaceContext<'_>) -> Decision {
         let policy = &self.policy;
         let key = policy.annotation_key.as_str();
