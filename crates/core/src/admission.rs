@@ -30,7 +30,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::patch::build_patch;
+use crate::patch::patch_bytes;
 use crate::policy::{CompiledPolicy, Decision, DecisionKind, Mode, NamespaceContext};
 
 /// The only AdmissionReview version the webhook registers for.
@@ -582,8 +582,8 @@ fn answer<'o>(
                     decision.reason
                 ),
             );
-        } else if let Some(patch) = build_patch(&svc, &decision, &policy.policy) {
-            match serde_json::to_vec(&patch) {
+        } else if let Some(bytes) = patch_bytes(&svc, &decision, &policy.policy) {
+            match bytes {
                 Ok(bytes) => {
                     response.patch = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
                     response.patch_type = Some("JSONPatch".into());
@@ -1311,7 +1311,7 @@ mod tests {
             (decision.kind, &decision.reason, &decision.warnings),
             (full.kind, &full.reason, &full.warnings)
         );
-        let patch = build_patch(&svc, &full, &p.policy).unwrap();
+        let patch = crate::patch::build_patch(&svc, &full, &p.policy).unwrap();
         assert_eq!(r.response.response.decoded_patch().unwrap().unwrap(), patch);
     }
 }

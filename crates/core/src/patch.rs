@@ -1,8 +1,9 @@
 //! From a decision to the annotations to add, and to the JSON Patch that adds them. Pure.
 
-use json_patch::jsonptr::PointerBuf;
+use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, Patch, PatchOperation, TestOperation};
 use k8s_openapi::api::core::v1::Service;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use crate::policy::{
@@ -72,6 +73,65 @@ pub fn build_patch(svc: &Service, decision: &Decision, policy: &Policy) -> Optio
     Some(Patch(ops))
 }
 
+/// [`build_patch`]'s patch as the JSON bytes the webhook sends, written straight from the annotations to add
+/// without building the patch's values. The same operations, paths and values; the members of a created
+/// annotation map come in [`annotations_to_add`]'s order. The tests decode these bytes and compare them with
+/// [`build_patch`].
+pub fn patch_bytes(
+    svc: &Service,
+    decision: &Decision,
+    policy: &Policy,
+) -> Option<Result<Vec<u8>, serde_json::Error>> {
+    #[derive(Serialize)]
+    struct Add<P, V> {
+        op: &'static str,
+        path: P,
+        value: V,
+    }
+    /// The annotations to add, as one JSON object.
+    struct Members<'a>(&'a [(String, String)]);
+    impl Serialize for Members<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        }
+    }
+    /// `/metadata/annotations/` and the key as a JSON Pointer token (`~` as `~0`, `/` as `~1`).
+    struct MemberPath<'a>(&'a str);
+    impl Serialize for MemberPath<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let token = Token::new(self.0);
+            let mut path = String::with_capacity(ANNOTATIONS.len() + 1 + token.encoded().len());
+            path.push_str(ANNOTATIONS);
+            path.push('/');
+            path.push_str(token.encoded());
+            serializer.serialize_str(&path)
+        }
+    }
+    const ANNOTATIONS: &str = "/metadata/annotations";
+    let adds = annotations_to_add(svc, decision, policy);
+    if adds.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(256);
+    let written = if svc.metadata.annotations.is_none() {
+        serde_json::to_writer(
+            &mut out,
+            &[Add {
+                op: "add",
+                path: ANNOTATIONS,
+                value: Members(&adds),
+            }],
+        )
+    } else {
+        serde_json::Serializer::new(&mut out).collect_seq(adds.iter().map(|(k, v)| Add {
+            op: "add",
+            path: MemberPath(k),
+            value: v,
+        }))
+    };
+    Some(written.map(|()| out))
+}
+
 /// The patch the backfill sends to the API server: the same annotations, guarded by a `test` of the annotations
 /// the Service had when it was read, so a concurrent change makes the patch fail instead of being overwritten.
 pub fn build_guarded_patch(svc: &Service, decision: &Decision, policy: &Policy) -> Option<Patch> {
@@ -114,6 +174,12 @@ mod tests {
             .compile()
             .evaluate(svc, NamespaceContext::scope_applied("apps"));
         let patch = build_patch(svc, &d, p);
+        // What the webhook sends: the same patch.
+        let sent = patch_bytes(svc, &d, p).map(|b| {
+            serde_json::from_slice::<Patch>(&b.expect("encodes"))
+                .expect("the webhook's patch decodes")
+        });
+        assert_eq!(sent, patch);
         let mut doc = serde_json::to_value(svc).expect("json");
         if let Some(patch) = &patch {
             json_patch::patch(&mut doc, &patch.0).expect("patch applies");
