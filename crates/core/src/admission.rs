@@ -9,7 +9,8 @@
 //! UTF-8, then the envelope is read with the request's fields (the object included) decoded in place. The object
 //! is read into only what the policy and the pitfalls look at (metadata name, generateName, namespace, labels,
 //! annotations; spec type, clusterIP, ports, sessionAffinity): `managedFields`, `status` and every other field are
-//! skipped without building values.
+//! skipped without building values, and of the labels and annotations only the keys the policy reads are copied
+//! (kubectl's `last-applied-configuration`, a copy of the whole object, is not).
 //!
 //! When that pass fails (a field of the wrong type, a field given twice, an object that is not a Service), the body
 //! is read once more with the request's fields captured as raw JSON text (borrowed from the body, no copy), and
