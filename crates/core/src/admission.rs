@@ -635,18 +635,67 @@ impl ServiceIn<'_> {
     }
 }
 
-/// A map of strings as read (labels, annotations): its entries in order, borrowed from the body when they hold no
-/// escapes. Decodes like a `BTreeMap<String, String>` (a key given twice keeps its last value).
-struct Pairs<'de>(Vec<(Text<'de>, Text<'de>)>);
+/// A map of strings as read (labels, annotations): its entries in order, keys borrowed from the body when they
+/// hold no escapes, values as their raw JSON text, so that a value nobody reads (kubectl's
+/// `last-applied-configuration`, an escaped copy of the whole object) is never unescaped or copied. Accepts what a
+/// `BTreeMap<String, String>` accepts: every value must be a string, and one with `\u` escapes is decoded at once
+/// so that an invalid escape fails here, as it would there. A key given twice keeps its last value.
+struct Pairs<'de>(Vec<(Text<'de>, &'de RawValue)>);
 
 impl Pairs<'_> {
     fn keep(self, wanted: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
         self.0
             .into_iter()
             .filter(|(k, _)| wanted(&k.0))
-            .map(|(k, v)| (k.0.into_owned(), v.0.into_owned()))
+            .map(|(k, v)| (k.0.into_owned(), string_of(v)))
             .collect()
     }
+}
+
+/// The string a raw JSON string value holds (checked by [`Pairs`]'s decoder to be a valid string).
+fn string_of(raw: &RawValue) -> String {
+    let text = raw.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        // No backslash: the text between the quotes is the string itself.
+        Some(inner) if !inner.contains('\\') => inner.to_owned(),
+        _ => serde_json::from_str(text).unwrap_or_default(),
+    }
+}
+
+/// Checks that a raw value is a JSON string that decodes as one, with serde_json's error when it does not.
+fn check_string<E: de::Error>(raw: &RawValue) -> Result<(), E> {
+    let text = raw.get();
+    let unexpected = match text.as_bytes().first() {
+        Some(b'"') => {
+            // serde_json checked every escape's form while reading the value; only what a `\u` escape stands
+            // for (a lone surrogate) is left to check.
+            if text.contains('\\')
+                && text.contains("\\u")
+                && let Err(e) = serde_json::from_str::<Cow<str>>(text)
+            {
+                let at = format!(" at line {} column {}", e.line(), e.column());
+                let message = e.to_string();
+                return Err(E::custom(message.strip_suffix(&at).unwrap_or(&message)));
+            }
+            return Ok(());
+        }
+        Some(b'{') => de::Unexpected::Map,
+        Some(b'[') => de::Unexpected::Seq,
+        Some(b't') => de::Unexpected::Bool(true),
+        Some(b'f') => de::Unexpected::Bool(false),
+        Some(b'n') => de::Unexpected::Unit,
+        _ => match (
+            text.parse::<u64>(),
+            text.parse::<i64>(),
+            text.parse::<f64>(),
+        ) {
+            (Ok(u), _, _) => de::Unexpected::Unsigned(u),
+            (_, Ok(i), _) => de::Unexpected::Signed(i),
+            (_, _, Ok(f)) => de::Unexpected::Float(f),
+            _ => de::Unexpected::Other("a number"),
+        },
+    };
+    Err(E::invalid_type(unexpected, &"a string"))
 }
 
 impl<'de> Deserialize<'de> for Pairs<'de> {
@@ -659,8 +708,10 @@ impl<'de> Deserialize<'de> for Pairs<'de> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Pairs<'de>, M::Error> {
                 let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
-                while let Some(entry) = map.next_entry()? {
-                    pairs.push(entry);
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    let value: &RawValue = map.next_value()?;
+                    check_string(value)?;
+                    pairs.push((key, value));
                 }
                 Ok(Pairs(pairs))
             }
@@ -1089,6 +1140,57 @@ mod tests {
         let r = review(&Policy::default().compile(), body.as_bytes()).expect("a review");
         assert_eq!(r.outcome, Outcome::Undecodable);
         assert!(r.response.response.warnings[0].contains("duplicate field `operation`"));
+    }
+
+    #[test]
+    fn label_and_annotation_maps_are_read_as_a_map_of_strings_would_be() {
+        // `Pairs` keeps values as raw text; it must accept and refuse what `BTreeMap<String, String>` does, with
+        // the same message (less the position), and give the same strings.
+        fn without_position(e: &serde_json::Error) -> String {
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            let m = e.to_string();
+            m.strip_suffix(&at).unwrap_or(&m).to_string()
+        }
+        let values = [
+            r#""plain""#,
+            r#""""#,
+            r#""with \"quotes\" and \\ and \/ and \n""#,
+            r#""\u00e9t\u00e9 \ud83d\ude00""#,
+            r#""\\u0041 is not an escape""#,
+            r#""\ud800""#,
+            r#""\udfff x""#,
+            r#""\ud800\u0041""#,
+            "1",
+            "-1",
+            "18446744073709551616",
+            "1.5",
+            "-0.0",
+            "true",
+            "false",
+            "null",
+            "[]",
+            r#"["a"]"#,
+            "{}",
+            r#"{"a": "b"}"#,
+        ];
+        for v in values {
+            let text = format!(r#"{{"k": {v}, "x": "y", "k2": {v}}}"#);
+            let expected = serde_json::from_str::<BTreeMap<String, String>>(&text);
+            let got = serde_json::from_str::<Pairs>(&text).map(|p| p.keep(|_| true));
+            match (&expected, &got) {
+                (Ok(e), Ok(g)) => assert_eq!(e, g, "{v}"),
+                (Err(e), Err(g)) => assert_eq!(without_position(e), without_position(g), "{v}"),
+                _ => panic!("{v}: a map of strings gives {expected:?}, Pairs {got:?}"),
+            }
+        }
+        // A key given twice keeps its last value; keys with escapes are read as keys.
+        let p: Pairs = serde_json::from_str(r#"{"k": "1", "\u006b": "2", "a\/b": "3"}"#).unwrap();
+        let kept = p.keep(|k| k != "x");
+        assert_eq!(kept.get("k").map(String::as_str), Some("2"));
+        assert_eq!(kept.get("a/b").map(String::as_str), Some("3"));
+        // A number too large for f64 is refused by both, with different words.
+        assert!(serde_json::from_str::<Pairs>(r#"{"k": 1e400}"#).is_err());
+        assert!(serde_json::from_str::<BTreeMap<String, String>>(r#"{"k": 1e400}"#).is_err());
     }
 
     #[test]
