@@ -2,8 +2,9 @@
 # Instructions per review of each step of src/main.rs, under valgrind's callgrind: the count at N=2000 less the
 # count at N=1000, over 1000. Usage: benches/json-floor/run.sh [REVIEW.json]  (default: the bench review)
 set -euo pipefail
-cd "$(dirname "$0")"
-REVIEW=${1:-../../tests/data/reviews/bench-service.json}
+HERE=$(cd "$(dirname "$0")" && pwd)
+REVIEW=$(realpath "${1:-$HERE/../../tests/data/reviews/bench-service.json}")
+cd "$HERE"
 command -v valgrind >/dev/null || { echo "run.sh: valgrind not found" >&2; exit 2; }
 cargo build --release --locked >&2
 count() {
