@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 
 use crate::patch::patch_bytes;
 use crate::policy::{CompiledPolicy, Decision, DecisionKind, Mode, NamespaceContext};
+use crate::text::Text;
 
 /// The only AdmissionReview version the webhook registers for.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -290,33 +291,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for RequestTyped<'a> {
             }
         }
         deserializer.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
-/// A string borrowed from the body when it holds no escapes, copied otherwise. serde's own `Cow<str>` always
-/// copies (it borrows only under derive's `#[serde(borrow)]`), which cost an allocation for every key of every
-/// object the webhook reads.
-struct Text<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(V)
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`render`]: the MutatingWebhookConfiguration for a policy, and ([`render::admission_policy`]) the same
 //!   policy as a MutatingAdmissionPolicy with a ValidatingAdmissionPolicy for the warnings.
 //! - [`cabundle`]: caBundle PEM parsing.
+//! - [`text`]: a string read by serde that borrows from the input when it can (the admission and manifest readers).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -19,3 +20,4 @@ pub mod namespace;
 pub mod patch;
 pub mod policy;
 pub mod render;
+pub mod text;

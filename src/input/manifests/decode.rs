@@ -2,6 +2,7 @@
 //! without building a value.
 
 use super::*;
+use lb_l7_core::text::Text;
 
 /// A document: one object, or (JSON only) an array of objects.
 pub(super) enum TopLevel {
@@ -236,8 +237,8 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         };
         while let Some(key) = map.next_key::<Key>()? {
             match key {
-                Key::ApiVersion => api_version = Some(map.next_value::<CowStr<'de>>()?.0),
-                Key::Kind => kind = Some(map.next_value::<CowStr<'de>>()?.0),
+                Key::ApiVersion => api_version = Some(map.next_value::<Text<'de>>()?.0),
+                Key::Kind => kind = Some(map.next_value::<Text<'de>>()?.0),
                 Key::Metadata => {
                     metadata = match class_now(&api_version, &kind).or(self.default) {
                         Some(Class::Service | Class::Namespace) => {
@@ -337,30 +338,5 @@ impl<'de> Visitor<'de> for ObjectVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Object, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Object::Other)
-    }
-}
-
-/// A string that borrows from the input when it can.
-struct CowStr<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for CowStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CowStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<CowStr<'de>, E> {
-                Ok(CowStr(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<CowStr<'de>, E> {
-                Ok(CowStr(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<CowStr<'de>, E> {
-                Ok(CowStr(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
